@@ -1,0 +1,613 @@
+"""Turn data.json (MFCC segments of songs) into a normalized, stratified train/validation/test cache.
+
+Usage:
+    python preprocess.py                  # data.json -> preprocessed_data.npz (always rebuilds)
+    python preprocess.py --demo           # generated demo/data.json -> demo/preprocessed_data.npz
+    python preprocess.py --data songs.json --output songs.npz --val-split 0.2 --test-split 0.1
+
+train.py imports load_data() from here: it reuses the cache while it is fresh and rebuilds it, saying
+why, when it is missing, stale or unreadable.
+"""
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+JSON_PATH = "data.json"  # input: {"mapping": [...], "labels": [...], "mfcc": [...], "tracks"?: [...]}
+PREPROCESSED_DATA_PATH = "preprocessed_data.npz"  # cache read by train.py
+VALIDATION_SPLIT = 0.2  # fraction of the whole data set used for validation
+TEST_SPLIT = 0.1  # fraction of the whole data set held out for the final test
+RANDOM_STATE = 42  # seed of both train_test_split calls: same input, same split, any machine
+SPLIT_BY = "auto"  # "segment", "track", or "auto" (= "track" when data.json has a "tracks" list)
+DEMO_DIR = "demo"  # --demo keeps its generated data.json, cache and models here
+CACHE_FORMAT_VERSION = 1  # bump when the cache layout changes, so that old caches are rebuilt
+MIN_PER_GENRE = 3  # fewest segments (or tracks) per genre that a three-way split can stratify
+
+SPLIT_NAMES = ("train", "val", "test")
+DEMO_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+SPLIT_CHOICES = ("auto", "segment", "track")
+
+
+class DataError(Exception):
+    """Bad input: the message names the problem, where it is, and what to do."""
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How the segments are divided; part of the cache's fingerprint."""
+
+    val_split: float = VALIDATION_SPLIT
+    test_split: float = TEST_SPLIT
+    seed: int = RANDOM_STATE
+    split_by: str = SPLIT_BY
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The three splits as float32 (N, C, H, W) tensors, int64 labels, and what describes them."""
+
+    x_train: object
+    y_train: object
+    x_val: object
+    y_val: object
+    x_test: object
+    y_test: object
+    mapping: list
+    norm_min: float
+    norm_max: float
+    split_kind: str
+    tracks_test: list  # track id of each test row; empty when data.json has no "tracks"
+
+
+class _Document(msgspec.Struct):
+    """The typed shape of data.json; msgspec rejects wrong types with the path of the culprit."""
+
+    mapping: list[str]
+    labels: list[int]
+    mfcc: list[list[list[float | list[float]]]]  # segments: 2-D (H, W) or 3-D (H, W, C)
+    tracks: list[str | int] | None = None
+
+
+_KEY_HINTS = {
+    "mapping": "'mapping' must be a list of genre names (strings)",
+    "labels": "'labels' must hold one integer genre index per segment (true/false are not integers)",
+    "mfcc": "'mfcc' must hold one 2-D (frames x coefficients) or 3-D list of numbers per segment",
+    "tracks": "'tracks' must hold one track id (string or integer) per segment",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validating data.json
+
+
+def read_source(path):
+    """Return the bytes of the data file, or raise DataError saying how to get one."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(
+            f"{path} not found: create it with the MFCC extractor (see README, 'Making data.json') "
+            f"or try the built-in demo data with `python train.py --demo`"
+        )
+    if not path.is_file():
+        raise DataError(f"{path} is not a file: pass the path of your data.json with --data")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror}): check its permissions") from None
+
+
+def decode_document(raw, path):
+    """Parse and type-check data.json, turning decoder errors into one readable line."""
+    try:
+        return msgspec.json.decode(raw, type=_Document)
+    except msgspec.ValidationError as exc:
+        raise DataError(_describe_validation_error(str(exc), path)) from None
+    except msgspec.DecodeError:
+        raise DataError(_describe_malformed_json(raw, path)) from None
+
+
+def _describe_validation_error(message, path):
+    """Reword msgspec's 'Expected X, got Y - at `$.key[i]`' for a user."""
+    if message.startswith("Expected `object`"):
+        return f"{path}: the top level must be a JSON object with keys mapping, labels and mfcc"
+    missing = re.search(r"missing required field `(\w+)`", message)
+    if missing:
+        key = missing.group(1)
+        return f"{path}: missing key '{key}': {_KEY_HINTS[key]}"
+    where = re.search(r"at `\$\.(\w+)(.*)`", message)
+    problem = message.split(" - at ")[0]
+    if problem == "Number out of range":
+        problem = "a number too large to represent (infinite)"
+    if not where:
+        return f"{path}: {problem}"
+    key, index = where.groups()
+    return f"{path}: {key}{index}: {problem}; {_KEY_HINTS.get(key, 'fix that value')}"
+
+
+def _describe_malformed_json(raw, path):
+    """Say why strict JSON parsing failed: NaN/Infinity tokens, bad encoding, or broken syntax."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{path}: not UTF-8 text (bad byte at offset {exc.start}): save it as UTF-8 JSON"
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return (
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            f"the file may be truncated: write it again"
+        )
+    token = re.search(r"-?\b(?:NaN|Infinity)\b", text)
+    line = text.count("\n", 0, token.start()) + 1 if token else "?"
+    return (
+        f"{path}: line {line}: {token.group(0) if token else 'a non-finite value'} is not a finite "
+        f"number: drop or re-extract the segments that contain it"
+    )
+
+
+def to_segment_array(mfcc, path):
+    """Stack the segments as float32 (N, C, H, W), checking that they all share one shape."""
+    if not mfcc:
+        raise DataError(f"{path}: 'mfcc' holds no segments: extract features from some audio first")
+    try:
+        with np.errstate(over="ignore"):  # float32 overflow becomes inf, reported below
+            x = np.array(mfcc, dtype=np.float32)
+    except ValueError:
+        raise DataError(_describe_ragged_segments(mfcc, path)) from None
+    if x.ndim not in (3, 4) or 0 in x.shape:
+        raise DataError(
+            f"{path}: mfcc[0] has shape {x.shape[1:]}: each segment must be a non-empty 2-D "
+            f"(frames x coefficients) or 3-D (height x width x channels) list of numbers"
+        )
+    bad = np.argwhere(~np.isfinite(x))
+    if len(bad):
+        raise DataError(
+            f"{path}: mfcc[{bad[0][0]}] holds a NaN or infinite value: drop or re-extract that segment"
+        )
+    # 2-D segments get one channel; 3-D ones are channels-last and move their channels first.
+    return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _nested_shape(value):
+    """Shape of a nested list, or None when it is ragged or mixes numbers and lists."""
+    if not isinstance(value, list):
+        return ()
+    shapes = {_nested_shape(item) for item in value}
+    if len(shapes) > 1 or None in shapes:
+        return None
+    return (len(value),) + (shapes.pop() if shapes else ())
+
+
+def _describe_ragged_segments(mfcc, path):
+    """Name the first segment whose shape differs from segment 0's (or that is ragged itself)."""
+    first = _nested_shape(mfcc[0])
+    for index, segment in enumerate(mfcc):
+        shape = _nested_shape(segment)
+        if shape is None:
+            return f"{path}: mfcc[{index}] is ragged (its rows differ in length): re-extract it"
+        if shape != first:
+            return (
+                f"{path}: mfcc[{index}] has shape {shape} but mfcc[0] has {first}: every segment "
+                f"must have the same shape; keep only full-length segments when extracting"
+            )
+    return f"{path}: 'mfcc' segments differ in shape"
+
+
+def check_labels(labels, mapping, path):
+    """Return labels as int64 after checking each indexes the mapping."""
+    if not mapping:
+        raise DataError(f"{path}: 'mapping' is empty: list the genre names, index = label")
+    if len(set(mapping)) != len(mapping):
+        name = next(m for i, m in enumerate(mapping) if m in mapping[:i])
+        raise DataError(f"{path}: genre '{name}' appears twice in 'mapping': names must be unique")
+    y = np.array(labels, dtype=np.int64)
+    bad = np.flatnonzero((y < 0) | (y >= len(mapping)))
+    if len(bad):
+        raise DataError(
+            f"{path}: labels[{bad[0]}] = {y[bad[0]]} is outside 0..{len(mapping) - 1} "
+            f"('mapping' has {len(mapping)} genres): fix the label or add the genre to 'mapping'"
+        )
+    return y
+
+
+def check_tracks(tracks, y, path):
+    """Return track ids as strings after checking their count and that each track has one genre."""
+    if len(tracks) != len(y):
+        raise DataError(
+            f"{path}: 'tracks' has {len(tracks)} entries but 'labels' has {len(y)}: "
+            f"give one track id per segment, or drop 'tracks'"
+        )
+    ids = np.array([str(t) for t in tracks])
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    mismatch = np.flatnonzero(y != y[first][inverse])
+    if len(mismatch):
+        i = mismatch[0]
+        raise DataError(
+            f"{path}: track '{ids[i]}' has segments with labels {y[first[inverse[i]]]} and {y[i]} "
+            f"(tracks[{first[inverse[i]]}] and tracks[{i}]): all segments of a track share one genre"
+        )
+    return ids
+
+
+def load_dataset(path):
+    """Read, validate and convert data.json; return (x, y, mapping, tracks or None, raw sha256)."""
+    raw = read_source(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    doc = decode_document(raw, path)
+    del raw  # the decoded lists are large enough; do not hold the text as well
+    if len(doc.mfcc) != len(doc.labels):
+        raise DataError(
+            f"{path}: 'mfcc' has {len(doc.mfcc)} segments but 'labels' has {len(doc.labels)}: "
+            f"give exactly one label per segment"
+        )
+    y = check_labels(doc.labels, doc.mapping, path)
+    tracks = None if doc.tracks is None else check_tracks(doc.tracks, y, path)
+    mapping, mfcc = list(doc.mapping), doc.mfcc
+    del doc  # keep only the segment lists alive while they become one float32 array
+    x = to_segment_array(mfcc, path)
+    return x, y, mapping, tracks, digest
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting and normalizing
+
+
+def resolve_split_kind(split_by, tracks, path):
+    """Return "segment" or "track" for the requested --split-by and the data at hand."""
+    if split_by == "track" and tracks is None:
+        raise DataError(
+            f"{path}: --split-by track needs a 'tracks' list (one track id per segment): "
+            f"add it or use --split-by segment"
+        )
+    if split_by == "auto":
+        return "segment" if tracks is None else "track"
+    return split_by
+
+
+def check_genre_sizes(unit_labels, mapping, unit, path):
+    """Refuse genres too small to stratify; return the names of genres with no data at all."""
+    counts = np.bincount(unit_labels, minlength=len(mapping))
+    for genre, count in zip(mapping, counts):
+        if 0 < count < MIN_PER_GENRE:
+            raise DataError(
+                f"{path}: genre '{genre}' has only {count} {unit}(s); a stratified train/validation/"
+                f"test split needs at least {MIN_PER_GENRE} per genre: add data for it or remove it"
+            )
+    return [genre for genre, count in zip(mapping, counts) if count == 0]
+
+
+def split_stratified(y, settings, groups=None):
+    """Return train/val/test row indices, stratified by label; rows of one group stay together."""
+    if groups is None:
+        units, unit_of_row = np.arange(len(y)), None
+        unit_labels = y
+    else:
+        units, first, unit_of_row = np.unique(groups, return_index=True, return_inverse=True)
+        units, unit_labels = np.arange(len(units)), y[first]
+    rest, test = train_test_split(
+        units, test_size=settings.test_split, stratify=unit_labels, random_state=settings.seed
+    )
+    train, val = train_test_split(
+        rest,
+        test_size=settings.val_split / (1 - settings.test_split),
+        stratify=unit_labels[rest],
+        random_state=settings.seed,
+    )
+    if unit_of_row is None:
+        return train, val, test
+    return tuple(np.flatnonzero(np.isin(unit_of_row, part)) for part in (train, val, test))
+
+
+def normalization_range(x_train):
+    """Global min and max of the training split: the only statistics used to scale every split."""
+    return float(x_train.min()), float(x_train.max())
+
+
+def normalize(x, norm_min, norm_max):
+    """Scale x to [0, 1] by the training range; constant data maps to 0 instead of dividing by 0."""
+    scale = (norm_max - norm_min) or 1.0
+    return ((x - np.float32(norm_min)) / np.float32(scale)).astype(np.float32, copy=False)
+
+
+def build_arrays(path, settings):
+    """Load data.json, split and normalize it; return the cache's arrays (fingerprint included)."""
+    x, y, mapping, tracks, digest = load_dataset(path)
+    kind = resolve_split_kind(settings.split_by, tracks, path)
+    groups = tracks if kind == "track" else None
+    unit_labels = y if groups is None else y[np.unique(groups, return_index=True)[1]]
+    empty = check_genre_sizes(unit_labels, mapping, kind, path)
+    if empty:
+        print(f"warning: {path}: no segments for genre(s) {', '.join(empty)}; "
+              f"the model keeps an output for each but never sees one", file=sys.stderr)
+    try:
+        parts = split_stratified(y, settings, groups)
+    except ValueError as exc:
+        raise DataError(
+            f"{path}: cannot split {len(unit_labels)} {kind}s into stratified train/validation/"
+            f"test sets ({exc}): add data or change --val-split/--test-split"
+        ) from None
+    norm_min, norm_max = normalization_range(x[parts[0]])
+    arrays = {"mapping": np.array(mapping, dtype=str), "split_kind": np.array(kind)}
+    for name, rows in zip(SPLIT_NAMES, parts):
+        arrays[f"X_{name}"] = normalize(x[rows], norm_min, norm_max)
+        arrays[f"y_{name}"] = y[rows]
+        arrays[f"tracks_{name}"] = tracks[rows] if tracks is not None else np.array([], dtype=str)
+    arrays.update(norm_min=np.float64(norm_min), norm_max=np.float64(norm_max))
+    arrays.update(fingerprint(digest, settings))
+    return arrays
+
+
+def fingerprint(digest, settings):
+    """What produced a cache: the source's content hash, the split settings and the format."""
+    return {
+        "source_sha256": np.array(digest),
+        "val_split": np.float64(settings.val_split),
+        "test_split": np.float64(settings.test_split),
+        "seed": np.int64(settings.seed),
+        "split_by": np.array(settings.split_by),
+        "format_version": np.int64(CACHE_FORMAT_VERSION),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic files and the cache
+
+
+def _pid_alive(pid):
+    """True while process pid runs; elsewhere than POSIX, assume it ended."""
+    if os.name != "posix":
+        return False  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(path):
+    """Delete temporary files that a killed writer of path left behind."""
+    path = Path(path)
+    for temp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = temp.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            temp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Yield a temporary file beside path; it replaces path only if the block completes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def write_cache(arrays, path):
+    """Write the arrays as a compressed npz, atomically."""
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+CACHE_KEYS = (
+    [f"{kind}_{name}" for kind in ("X", "y", "tracks") for name in SPLIT_NAMES]
+    + ["mapping", "split_kind", "norm_min", "norm_max"]
+    + list(fingerprint("", SplitSettings()))
+)
+
+
+def read_cache(path):
+    """Return the cache's arrays, or None when it is missing, unreadable or of another format."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in CACHE_KEYS}
+    except Exception:  # a truncated or foreign file fails in zipfile, zlib, numpy or the key lookup
+        return None
+    return arrays if int(arrays["format_version"]) == CACHE_FORMAT_VERSION else None
+
+
+def stale_reason(arrays, json_path, settings):
+    """Why the cache no longer matches data.json and the settings, or None when it is fresh."""
+    stored = {key: arrays[key].item() for key in ("val_split", "test_split", "seed", "split_by")}
+    wanted = {key: getattr(settings, key) for key in stored}
+    changed = [f"{key} {stored[key]} -> {wanted[key]}" for key in stored if stored[key] != wanted[key]]
+    if changed:
+        return "split settings changed (" + ", ".join(changed) + ")"
+    if file_sha256(json_path) != arrays["source_sha256"].item():
+        return f"{json_path} changed since the cache was built"
+    return None
+
+
+def file_sha256(path):
+    """SHA-256 of a file's content, read in chunks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print):
+    """Return the cache's arrays: reused when fresh, rebuilt (saying why) otherwise."""
+    arrays = None if reprocess else read_cache(cache_path)
+    if arrays is not None and not Path(json_path).is_file():
+        log(f"{json_path} not found; using the existing cache {cache_path} as it is")
+        return arrays
+    reason = "rebuild requested" if reprocess else None
+    if arrays is None and reason is None:
+        reason = "no cache yet" if not Path(cache_path).exists() else "cache unreadable or outdated"
+    reason = reason or stale_reason(arrays, json_path, settings)
+    if reason is None:
+        log(f"Loaded preprocessed data from {cache_path}")
+        return arrays
+    log(f"Preprocessing {json_path} -> {cache_path} ({reason})")
+    arrays = build_arrays(json_path, settings)
+    write_cache(arrays, cache_path)
+    return arrays
+
+
+def load_data(json_path=JSON_PATH, cache_path=PREPROCESSED_DATA_PATH, settings=SplitSettings(),
+              reprocess=False, log=print):
+    """Return PreparedData for train.py, preprocessing first when the cache is missing or stale."""
+    import torch  # imported here so that `python preprocess.py` stays light and fast
+
+    arrays = prepare_cache(json_path, cache_path, settings, reprocess, log)
+    tensors = {key: torch.from_numpy(arrays[key]) for key in CACHE_KEYS if key[:2] in ("X_", "y_")}
+    return PreparedData(
+        x_train=tensors["X_train"], y_train=tensors["y_train"],
+        x_val=tensors["X_val"], y_val=tensors["y_val"],
+        x_test=tensors["X_test"], y_test=tensors["y_test"],
+        mapping=arrays["mapping"].tolist(),
+        norm_min=float(arrays["norm_min"]), norm_max=float(arrays["norm_max"]),
+        split_kind=str(arrays["split_kind"]), tracks_test=arrays["tracks_test"].tolist(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Demo data
+
+
+def make_demo_data(genres=10, tracks_per_genre=10, segments_per_track=10, frames=130, coeffs=13,
+                   seed=0):
+    """A deterministic, learnable, GTZAN-shaped data set in the data.json format (with tracks)."""
+    rng = np.random.default_rng(seed)
+    level = np.linspace(-200.0, 0.0, coeffs)  # MFCC-like: a large first coefficient, then smaller
+    genre_profile = rng.normal(0.0, 25.0, (genres, coeffs))
+    genre_rhythm = rng.uniform(0.05, 0.5, genres)  # cycles per frame of each genre's modulation
+    frame = np.arange(frames)[:, None]
+    mfcc, labels, tracks = [], [], []
+    for genre in range(genres):
+        for track in range(tracks_per_genre):
+            colour = rng.normal(0.0, 8.0, coeffs)  # what makes one track unlike its genre-mates
+            for _ in range(segments_per_track):
+                phase = rng.uniform(0.0, 2 * np.pi)
+                pulse = 20.0 * np.sin(2 * np.pi * genre_rhythm[genre] * frame + phase)
+                noise = rng.normal(0.0, 12.0, (frames, coeffs))
+                segment = level + genre_profile[genre] + colour + pulse + noise
+                mfcc.append(np.round(segment, 2).tolist())
+                labels.append(genre)
+                tracks.append(f"demo{genre}.{track:05d}")
+    mapping = DEMO_GENRES if genres == len(DEMO_GENRES) else [f"genre{g}" for g in range(genres)]
+    return {"mapping": list(mapping), "labels": labels, "mfcc": mfcc, "tracks": tracks}
+
+
+def write_json(obj, path):
+    """Write obj as JSON, atomically."""
+    with atomic_write(path, "w") as handle:
+        json.dump(obj, handle)
+
+
+def ensure_demo_data(path, log=print):
+    """Write the demo data set to path unless it is already there."""
+    if not Path(path).exists():
+        log(f"Writing demo data to {path}")
+        write_json(make_demo_data(), path)
+
+
+def demo_paths():
+    """Where --demo keeps its data.json and cache."""
+    return str(Path(DEMO_DIR) / JSON_PATH), str(Path(DEMO_DIR) / PREPROCESSED_DATA_PATH)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def split_fraction(text):
+    """argparse type: a fraction strictly between 0 and 1."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction strictly between 0 and 1")
+    return value
+
+
+def parse_args(argv=None):
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        description="Validate data.json, normalize it to [0, 1] and write a stratified "
+                    "train/validation/test split to a compressed .npz cache.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", default=JSON_PATH, help="input JSON file")
+    parser.add_argument("--output", default=PREPROCESSED_DATA_PATH, help="cache file to write")
+    parser.add_argument("--val-split", type=split_fraction, default=VALIDATION_SPLIT,
+                        help="fraction of all data used for validation")
+    parser.add_argument("--test-split", type=split_fraction, default=TEST_SPLIT,
+                        help="fraction of all data held out for testing")
+    parser.add_argument("--seed", type=int, default=RANDOM_STATE, help="random_state of the split")
+    parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=SPLIT_BY,
+                        help="keep each track's segments in one split ('auto': when data.json "
+                             "has 'tracks')")
+    parser.add_argument("--demo", action="store_true",
+                        help=f"use generated demo data in {DEMO_DIR}/ instead of --data/--output")
+    args = parser.parse_args(argv)
+    if args.val_split + args.test_split >= 1.0:
+        parser.error("--val-split plus --test-split must stay below 1 to leave training data")
+    if args.demo and (args.data, args.output) != (JSON_PATH, PREPROCESSED_DATA_PATH):
+        parser.error("--demo uses its own files in demo/; drop --data and --output")
+    return args
+
+
+def split_settings(args):
+    """The SplitSettings named on the command line."""
+    return SplitSettings(args.val_split, args.test_split, args.seed, args.split_by)
+
+
+def print_summary(arrays, json_path, cache_path, seconds):
+    """Report what was read and what was written."""
+    n = {name: len(arrays[f"y_{name}"]) for name in SPLIT_NAMES}
+    shape = arrays["X_train"].shape[1:]
+    mapping, kind = arrays["mapping"].tolist(), str(arrays["split_kind"])
+    print(f"Read {sum(n.values())} segments of {len(mapping)} genres from {json_path}")
+    print(f"Input shape: (C={shape[0]}, H={shape[1]}, W={shape[2]})")
+    print(f"Split by {kind}: train/val/test = {n['train']}/{n['val']}/{n['test']} segments")
+    if kind == "segment":
+        print("Note: segments of one track can sit in both training and test sets, so test "
+              "accuracy is optimistic (add 'tracks' to data.json for a track-level split)")
+    width = max(len(genre) for genre in mapping + ["genre"])
+    print(f"  {'genre':<{width}}  {'train':>5}  {'val':>5}  {'test':>5}")
+    for label, genre in enumerate(mapping):
+        counts = [int(np.sum(arrays[f"y_{name}"] == label)) for name in SPLIT_NAMES]
+        print(f"  {genre:<{width}}  {counts[0]:>5}  {counts[1]:>5}  {counts[2]:>5}")
+    print(f"Normalized to [0, 1] with the training range "
+          f"[{float(arrays['norm_min']):.4f}, {float(arrays['norm_max']):.4f}]")
+    size_mb = Path(cache_path).stat().st_size / 1e6
+    print(f"Wrote {cache_path} ({size_mb:.1f} MB) in {seconds:.1f} s")
+
+
+def main(argv=None) -> int:
+    """Rebuild the cache from data.json and print a summary; exit status 2 on bad input."""
+    args = parse_args(argv)
+    json_path, cache_path = demo_paths() if args.demo else (args.data, args.output)
+    start = time.perf_counter()
+    try:
+        if args.demo:
+            ensure_demo_data(json_path)
+        arrays = build_arrays(json_path, split_settings(args))
+        write_cache(arrays, cache_path)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_summary(arrays, json_path, cache_path, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
