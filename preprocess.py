@@ -547,27 +547,38 @@ def parse_args(argv=None):
     )
     parser.add_argument("--data", default=JSON_PATH, help="input JSON file")
     parser.add_argument("--output", default=PREPROCESSED_DATA_PATH, help="cache file to write")
-    parser.add_argument("--val-split", type=split_fraction, default=VALIDATION_SPLIT,
-                        help="fraction of all data used for validation")
-    parser.add_argument("--test-split", type=split_fraction, default=TEST_SPLIT,
-                        help="fraction of all data held out for testing")
-    parser.add_argument("--seed", type=int, default=RANDOM_STATE, help="random_state of the split")
-    parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=SPLIT_BY,
-                        help="keep each track's segments in one split ('auto': when data.json "
-                             "has 'tracks')")
+    add_split_arguments(parser)
     parser.add_argument("--demo", action="store_true",
                         help=f"use generated demo data in {DEMO_DIR}/ instead of --data/--output")
     args = parser.parse_args(argv)
-    if args.val_split + args.test_split >= 1.0:
-        parser.error("--val-split plus --test-split must stay below 1 to leave training data")
+    check_split_arguments(parser, args)
     if args.demo and (args.data, args.output) != (JSON_PATH, PREPROCESSED_DATA_PATH):
         parser.error("--demo uses its own files in demo/; drop --data and --output")
     return args
 
 
+def add_split_arguments(parser, seed_flag="--seed"):
+    """The split flags; train.py shares them (with its own name for the seed)."""
+    parser.add_argument("--val-split", type=split_fraction, default=VALIDATION_SPLIT,
+                        help="fraction of all data used for validation")
+    parser.add_argument("--test-split", type=split_fraction, default=TEST_SPLIT,
+                        help="fraction of all data held out for testing")
+    parser.add_argument(seed_flag, dest="split_seed", type=int, default=RANDOM_STATE,
+                        help="random_state of the train/validation/test split")
+    parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=SPLIT_BY,
+                        help="keep each track's segments in one split ('auto': when data.json "
+                             "has 'tracks')")
+
+
+def check_split_arguments(parser, args):
+    """Reject split fractions that leave no training data."""
+    if args.val_split + args.test_split >= 1.0:
+        parser.error("--val-split plus --test-split must stay below 1 to leave training data")
+
+
 def split_settings(args):
     """The SplitSettings named on the command line."""
-    return SplitSettings(args.val_split, args.test_split, args.seed, args.split_by)
+    return SplitSettings(args.val_split, args.test_split, args.split_seed, args.split_by)
 
 
 def print_summary(arrays, json_path, cache_path, seconds):

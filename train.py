@@ -1,0 +1,527 @@
+"""Train the two-block CNN music-genre classifier on preprocessed MFCC segments.
+
+Usage:
+    python train.py                       # data.json -> preprocessed_data.npz -> saved_models/
+    python train.py --demo                # the same on generated demo data, everything in demo/
+    python train.py --epochs 50 --batch-size 32 --device cuda --seed 1
+
+The cache is built (or rebuilt, when data.json or the split settings changed) by preprocess.py.
+After training, the best weights by validation loss are restored, tested per genre, and saved with
+everything inference needs; `load_model` rebuilds the classifier from `final_model_pytorch.pt`.
+"""
+import argparse
+import json
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from torch import nn
+
+import preprocess
+from preprocess import DataError
+
+MODEL_SAVE_PATH = "saved_models"  # folder for checkpoints, genre mapping, history and metrics
+EPOCHS = 30  # maximum training epochs
+BATCH_SIZE = 64  # mini-batch size for training
+LEARNING_RATE = 0.0008  # fixed Adam learning rate
+WEIGHT_DECAY = 2e-4  # L2 regularization, Adam's weight_decay
+GRADIENT_CLIP = 1.0  # max global gradient norm, clipped at every step
+EARLY_STOPPING_PATIENCE = 8  # stop after this many epochs without a better validation loss
+SEED = 42  # seeds Python, NumPy and torch (the split has its own, preprocess.RANDOM_STATE)
+CONV_DROPOUT = 0.35  # Dropout2d after each convolutional block
+FC_DROPOUT = 0.7  # Dropout before the output layer
+EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so large batches are just faster
+
+BEST_MODEL_FILE = "best_model_pytorch.pt"
+FINAL_MODEL_FILE = "final_model_pytorch.pt"
+MAPPING_FILE = "genre_mapping.json"
+HISTORY_FILE = "training_history.json"
+METRICS_FILE = "test_metrics.json"
+RULE = "-" * 60
+
+
+class UsageError(Exception):
+    """A setting that cannot work on this machine, such as --device cuda without a GPU."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings, mirrored one to one by the command-line flags."""
+
+    epochs: int = EPOCHS
+    batch_size: int = BATCH_SIZE
+    lr: float = LEARNING_RATE
+    weight_decay: float = WEIGHT_DECAY
+    grad_clip: float = GRADIENT_CLIP
+    patience: int = EARLY_STOPPING_PATIENCE
+    seed: int = SEED
+
+
+class GenreClassifier(nn.Module):
+    """Two conv blocks (conv, max-pool, ReLU, batch norm, spatial dropout) and a dense head."""
+
+    def __init__(self, num_channels, height, width, num_classes):
+        super().__init__()
+        if height < 4 or width < 4:
+            raise ValueError(
+                f"input of {height}x{width} is too small for two 2x2 poolings: "
+                f"segments need at least 4 frames and 4 coefficients"
+            )
+        self.conv1 = nn.Conv2d(num_channels, 32, kernel_size=3, padding=1)
+        self.pool1 = nn.MaxPool2d(2)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.drop1 = nn.Dropout2d(CONV_DROPOUT)
+        self.conv2 = nn.Conv2d(32, 48, kernel_size=3, padding=1)
+        self.pool2 = nn.MaxPool2d(2)
+        self.bn2 = nn.BatchNorm2d(48)
+        self.drop2 = nn.Dropout2d(CONV_DROPOUT)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(48 * (height // 4) * (width // 4), 64)
+        self.bn3 = nn.BatchNorm1d(64)
+        self.drop3 = nn.Dropout(FC_DROPOUT)
+        self.fc2 = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        """Logits of shape (N, num_classes) for input of shape (N, C, H, W)."""
+        # Max-pooling commutes with ReLU (both are monotone), so pooling first gives exactly the
+        # design's conv -> ReLU -> pool while applying ReLU to a quarter of the values.
+        x = self.drop1(self.bn1(torch.relu(self.pool1(self.conv1(x)))))
+        x = self.drop2(self.bn2(torch.relu(self.pool2(self.conv2(x)))))
+        x = self.drop3(self.bn3(torch.relu(self.fc1(self.flatten(x)))))
+        return self.fc2(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+
+
+def set_seed(seed):
+    """Seed every random number generator a run uses."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def resolve_device(name):
+    """Turn --device (auto, cpu, cuda, cuda:N) into a torch.device that exists here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def describe_device(device, requested):
+    """The design's one-line GPU report."""
+    if device.type == "cuda":
+        return f"✓ GPU detected: {torch.cuda.get_device_name(device)}"
+    if requested == "cpu":
+        return "Using CPU (--device cpu)"
+    return "⚠ GPU not available, using CPU"
+
+
+def build_model(data, device):
+    """A GenreClassifier shaped for the data, on device, in the channels-last layout."""
+    channels, height, width = data.x_train.shape[1:]
+    try:
+        model = GenreClassifier(channels, height, width, len(data.mapping))
+    except ValueError as exc:
+        raise DataError(f"cannot build the model: {exc}") from None
+    # Channels-last lets the CPU and GPU convolution kernels skip layout conversions.
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def to_device(data, device):
+    """Move the splits onto the device once, so no batch is copied from the host."""
+    return {
+        name: (getattr(data, f"x_{name}").to(device).contiguous(memory_format=torch.channels_last),
+               getattr(data, f"y_{name}").to(device))
+        for name in preprocess.SPLIT_NAMES
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def train_one_epoch(model, optimizer, x, y, config, generator, show_progress=False):
+    """One pass over shuffled mini-batches; returns the mean loss and accuracy per segment."""
+    model.train()
+    order = torch.randperm(len(y), generator=generator).to(y.device)
+    loss_sum = torch.zeros((), device=y.device)
+    correct = torch.zeros((), dtype=torch.long, device=y.device)
+    batches, seen = range(0, len(y), config.batch_size), 0
+    for step, start in enumerate(batches, 1):
+        rows = order[start : start + config.batch_size]
+        if len(rows) < 2:
+            break  # batch norm cannot normalize a batch of one sample in training mode
+        logits = model(x[rows])
+        loss = F.cross_entropy(logits, y[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        # Accumulating on the device avoids a host synchronisation at every step.
+        loss_sum += loss.detach() * len(rows)
+        seen += len(rows)
+        correct += (logits.argmax(dim=1) == y[rows]).sum()
+        if show_progress:
+            print(f"\r  batch {step}/{len(batches)}", end="", flush=True)
+    if show_progress:
+        print("\r" + " " * 30 + "\r", end="", flush=True)
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+@torch.no_grad()
+def predict(model, x, batch_size=EVAL_BATCH_SIZE):
+    """Logits for every row of x, in evaluation mode."""
+    model.eval()
+    return torch.cat([model(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+
+
+def evaluate(model, x, y, batch_size=EVAL_BATCH_SIZE):
+    """Mean loss per segment, accuracy and logits of the model on (x, y)."""
+    logits = predict(model, x, batch_size)
+    loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
+    accuracy = (logits.argmax(dim=1) == y).sum().item() / len(y)
+    return loss, accuracy, logits
+
+
+def clone_state(model):
+    """A deep copy of the weights: state_dict().copy() would share tensors with the live model."""
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def model_metadata(data):
+    """What it takes to rebuild the model and prepare new inputs the same way."""
+    channels, height, width = data.x_train.shape[1:]
+    return {
+        "num_channels": int(channels), "height": int(height), "width": int(width),
+        "num_classes": len(data.mapping), "mapping": list(data.mapping),
+        "norm_min": data.norm_min, "norm_max": data.norm_max,
+    }
+
+
+def save_checkpoint(payload, path):
+    """torch.save a plain dict atomically."""
+    with preprocess.atomic_write(path) as handle:
+        torch.save(payload, handle)
+
+
+def save_best(model, optimizer, record, data, path):
+    """Write the best-so-far checkpoint: weights, optimizer state, epoch, metrics, metadata."""
+    save_checkpoint({
+        "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+        "epoch": record["epoch"], "val_loss": record["val_loss"],
+        "val_accuracy": record["val_accuracy"], **model_metadata(data),
+    }, path)
+
+
+def fit(model, splits, data, config, model_dir, show_progress=False):
+    """Train with early stopping; return (history, best record, interrupted?)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    best = None
+    try:
+        for epoch in range(1, config.epochs + 1):
+            started = time.perf_counter()
+            print(f"Epoch {epoch}/{config.epochs}")
+            loss, acc = train_one_epoch(model, optimizer, *splits["train"], config, generator,
+                                        show_progress)
+            val_loss, val_acc, _ = evaluate(model, *splits["val"])
+            for key, value in zip(history, (loss, acc, val_loss, val_acc)):
+                history[key].append(value)
+            print(f"  Train Loss: {loss:.4f}, Train Acc: {acc:.2%}")
+            print(f"  Val Loss: {val_loss:.4f}, Val Acc: {val_acc:.2%}")
+            if best is None or val_loss < best["val_loss"]:
+                best = {"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc,
+                        "state": clone_state(model)}
+                save_best(model, optimizer, best, data, Path(model_dir) / BEST_MODEL_FILE)
+                print(f"  ✓ Saved best model (val_acc: {val_acc:.2%})")
+            print(f"  Epoch time: {time.perf_counter() - started:.2f}s")
+            print(RULE)
+            if epoch - best["epoch"] >= config.patience:
+                print(f"Early stopping: no better validation loss for {config.patience} epochs "
+                      f"(best epoch {best['epoch']}, val_loss {best['val_loss']:.4f})")
+                break
+    except KeyboardInterrupt:
+        print(f"\nTraining interrupted during epoch {len(history['loss']) + 1}.")
+        return history, best, True
+    return history, best, False
+
+
+# ---------------------------------------------------------------------------------------------
+# Test metrics
+
+
+def vote_tracks(probabilities, tracks):
+    """Majority vote of each track's segment predictions; ties go to the higher mean probability."""
+    tracks = np.asarray(tracks)
+    votes = {}
+    for track in dict.fromkeys(tracks.tolist()):
+        probs = probabilities[tracks == track]
+        counts = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1])
+        tied = np.flatnonzero(counts == counts.max())
+        votes[track] = int(tied[np.argmax(probs[:, tied].mean(axis=0))])
+    return votes
+
+
+def per_genre_scores(y_true, y_pred, mapping):
+    """Accuracy (recall), counts, precision and F1 of every genre, from sklearn.metrics."""
+    labels = list(range(len(mapping)))
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    scores = {}
+    for label, genre in enumerate(mapping):
+        total, correct = int(matrix[label].sum()), int(matrix[label, label])
+        scores[genre] = {
+            "accuracy": correct / total if total else None, "correct": correct, "total": total,
+            "precision": float(precision[label]), "recall": float(recall[label]),
+            "f1": float(f1[label]),
+        }
+    return scores, matrix.tolist()
+
+
+def track_scores(probabilities, y_true, tracks, mapping):
+    """Track-level accuracy, overall and per genre, from the majority vote of segments."""
+    votes = vote_tracks(probabilities, tracks)
+    truth = {track: int(label) for track, label in zip(tracks, y_true)}
+    y_track = np.array([truth[track] for track in votes])
+    y_vote = np.array(list(votes.values()))
+    genres, _ = per_genre_scores(y_track, y_vote, mapping)
+    return {
+        "accuracy": float(accuracy_score(y_track, y_vote)),
+        "correct": int((y_track == y_vote).sum()), "total": len(votes),
+        "per_genre": {g: {k: s[k] for k in ("accuracy", "correct", "total")} for g, s in genres.items()},
+    }
+
+
+def test_metrics(model, splits, data, best_epoch):
+    """Loss, accuracy and per-genre scores of the model on the test split (and per track)."""
+    x_test, y_test = splits["test"]
+    loss, accuracy, logits = evaluate(model, x_test, y_test)
+    probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+    y_true, y_pred = y_test.cpu().numpy(), probabilities.argmax(axis=1)
+    per_genre, matrix = per_genre_scores(y_true, y_pred, data.mapping)
+    metrics = {"loss": loss, "accuracy": accuracy, "epoch": best_epoch,
+               "split_kind": data.split_kind, "per_genre": per_genre, "confusion_matrix": matrix}
+    if data.tracks_test:
+        metrics["track_level"] = track_scores(probabilities, y_true, data.tracks_test, data.mapping)
+    return metrics
+
+
+def print_test_results(metrics):
+    """The design's test report, plus the track-level vote when tracks are known."""
+    print("\nTest Results:")
+    print(f"  Loss: {metrics['loss']:.4f}")
+    print(f"  Accuracy: {metrics['accuracy']:.2%}")
+    print("\nPer-genre accuracy:")
+    print_genre_lines(metrics["per_genre"])
+    tracks = metrics.get("track_level")
+    if tracks:
+        print(f"\nTrack-level accuracy (majority vote of each track's segments): "
+              f"{tracks['accuracy']:.2%} ({tracks['correct']}/{tracks['total']} tracks)")
+        print_genre_lines(tracks["per_genre"])
+    if metrics["split_kind"] == "segment":
+        print("\nNote: split by segment, so segments of one test track may also be in training; "
+              "test accuracy is optimistic.")
+
+
+def print_genre_lines(per_genre):
+    """One `genre: XX.XX% (k/n correct)` line per genre."""
+    for genre, score in per_genre.items():
+        accuracy = "n/a" if score["accuracy"] is None else f"{score['accuracy']:.2%}"
+        print(f"  {genre}: {accuracy} ({score['correct']}/{score['total']} correct)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts
+
+
+def write_json(obj, path):
+    """Write obj as indented JSON, atomically."""
+    with preprocess.atomic_write(path, "w") as handle:
+        json.dump(obj, handle, indent=2)
+        handle.write("\n")
+
+
+def save_artifacts(model, data, history, metrics, model_dir):
+    """Write the final checkpoint, genre mapping, history and test metrics; return their paths."""
+    model_dir = Path(model_dir)
+    paths = {name: model_dir / name for name in (FINAL_MODEL_FILE, MAPPING_FILE, HISTORY_FILE,
+                                                 METRICS_FILE)}
+    save_checkpoint({"model_state_dict": model.state_dict(), "epoch": metrics["epoch"],
+                     **model_metadata(data)}, paths[FINAL_MODEL_FILE])
+    write_json(list(data.mapping), paths[MAPPING_FILE])
+    write_json(history, paths[HISTORY_FILE])
+    write_json(metrics, paths[METRICS_FILE])
+    return [model_dir / BEST_MODEL_FILE] + list(paths.values())
+
+
+def load_model(path, device="cpu"):
+    """Rebuild a GenreClassifier, in evaluation mode, from a saved checkpoint."""
+    checkpoint = torch.load(path, weights_only=True, map_location=device)
+    model = GenreClassifier(checkpoint["num_channels"], checkpoint["height"], checkpoint["width"],
+                            checkpoint["num_classes"])
+    model.load_state_dict(checkpoint["model_state_dict"])
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def positive(kind):
+    """argparse type: a number of the given kind that is greater than zero."""
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+        return value
+    return parse
+
+
+def non_negative_float(text):
+    """argparse type: a float that is zero or more."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
+
+
+def device_name(text):
+    """argparse type: auto, cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
+    return text
+
+
+def parse_args(argv=None):
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        description="Train the CNN music-genre classifier on MFCC segments and test it per genre.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", default=preprocess.JSON_PATH, help="input JSON file")
+    parser.add_argument("--cache", default=preprocess.PREPROCESSED_DATA_PATH,
+                        help="preprocessed cache, built from --data when missing or stale")
+    parser.add_argument("--reprocess", action="store_true", help="rebuild the cache first")
+    parser.add_argument("--model-dir", default=MODEL_SAVE_PATH, help="where models and metrics go")
+    parser.add_argument("--epochs", type=positive(int), default=EPOCHS, help="maximum epochs")
+    parser.add_argument("--batch-size", type=positive(int), default=BATCH_SIZE, help="batch size")
+    parser.add_argument("--lr", type=positive(float), default=LEARNING_RATE, help="learning rate")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=WEIGHT_DECAY,
+                        help="L2 weight decay")
+    parser.add_argument("--grad-clip", type=positive(float), default=GRADIENT_CLIP,
+                        help="max gradient norm")
+    parser.add_argument("--patience", type=positive(int), default=EARLY_STOPPING_PATIENCE,
+                        help="epochs without a better validation loss before stopping")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of weights, dropout, shuffling")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (CUDA when available), cpu, cuda or cuda:N")
+    preprocess.add_split_arguments(parser, seed_flag="--split-seed")
+    parser.add_argument("--demo", action="store_true",
+                        help=f"train on generated demo data; everything goes to {preprocess.DEMO_DIR}/")
+    args = parser.parse_args(argv)
+    preprocess.check_split_arguments(parser, args)
+    defaults = (preprocess.JSON_PATH, preprocess.PREPROCESSED_DATA_PATH, MODEL_SAVE_PATH)
+    if args.demo and (args.data, args.cache, args.model_dir) != defaults:
+        parser.error("--demo uses its own files in demo/; drop --data, --cache and --model-dir")
+    return args
+
+
+def train_config(args):
+    """The TrainConfig named on the command line."""
+    return TrainConfig(args.epochs, args.batch_size, args.lr, args.weight_decay, args.grad_clip,
+                       args.patience, args.seed)
+
+
+def resolve_paths(args):
+    """(data.json, cache, model folder) for this run; --demo writes its data set first."""
+    if not args.demo:
+        return args.data, args.cache, args.model_dir
+    json_path, cache_path = preprocess.demo_paths()
+    preprocess.ensure_demo_data(json_path)
+    return json_path, cache_path, str(Path(preprocess.DEMO_DIR) / MODEL_SAVE_PATH)
+
+
+def print_configuration(data, model, device, config):
+    """The design's model and settings report."""
+    channels, height, width = data.x_train.shape[1:]
+    print("\nModel configuration:")
+    print(f"  Input shape: (C={channels}, H={height}, W={width})")
+    print(f"  Number of classes: {len(data.mapping)}")
+    print(f"  Classes: {data.mapping}")
+    print(f"\n{model}")
+    print(f"Total parameters: {sum(p.numel() for p in model.parameters()):,}")
+    print("\nStarting training...")
+    print(f"Device: {device}, Batch size: {config.batch_size}, Learning rate: {config.lr} (fixed)")
+    print(f"Weight decay (L2): {config.weight_decay} (helps prevent overfitting)")
+    print(f"Max epochs: {config.epochs}, Early stopping patience: {config.patience}")
+    print(f"Gradient clipping: max norm {config.grad_clip}")
+    print(RULE)
+
+
+def finish(model, best, splits, data, history, model_dir, interrupted):
+    """Restore the best weights, test them, save everything and report; return the exit status."""
+    if best is None:
+        print("No epoch finished, so there is no model to test or save.")
+        return 130 if interrupted else 1
+    model.load_state_dict(best["state"])
+    print(f"Restored the best weights (epoch {best['epoch']}, val_loss {best['val_loss']:.4f}, "
+          f"val_acc {best['val_accuracy']:.2%})")
+    metrics = test_metrics(model, splits, data, best["epoch"])
+    metrics["interrupted"] = interrupted
+    print_test_results(metrics)
+    print("\nSaved:")
+    for path in save_artifacts(model, data, history, metrics, model_dir):
+        print(f"  {path}")
+    return 130 if interrupted else 0
+
+
+def run(args):
+    """Wire the steps together; raises DataError or UsageError on bad input."""
+    device = resolve_device(args.device)
+    print("=" * 60 + "\nPyTorch Training Pipeline for Music Genre Classification\n" + "=" * 60)
+    print(describe_device(device, args.device))
+    json_path, cache_path, model_dir = resolve_paths(args)
+    settings = preprocess.split_settings(args)
+    data = preprocess.load_data(json_path, cache_path, settings, reprocess=args.reprocess)
+    config = train_config(args)
+    set_seed(config.seed)
+    model = build_model(data, device)
+    print_configuration(data, model, device, config)
+    splits = to_device(data, device)
+    history, best, interrupted = fit(model, splits, data, config, model_dir, sys.stdout.isatty())
+    return finish(model, best, splits, data, history, model_dir, interrupted)
+
+
+def main(argv=None) -> int:
+    """Run training; exit status 2 on bad input, 130 when interrupted."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (DataError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
