@@ -126,8 +126,8 @@ def describe_device(device, requested):
     """The design's one-line GPU report."""
     if device.type == "cuda":
         return f"✓ GPU detected: {torch.cuda.get_device_name(device)}"
-    if requested == "cpu":
-        return "Using CPU (--device cpu)"
+    if torch.cuda.is_available():
+        return f"Using CPU (--device {requested}) although a GPU is available"
     return "⚠ GPU not available, using CPU"
 
 
