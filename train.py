@@ -228,6 +228,16 @@ def save_best(model, optimizer, record, data, path):
     }, path)
 
 
+def keep_if_best(best, record, model, optimizer, data, model_dir):
+    """Return the new best record, checkpointed, if this epoch beat the validation loss of best."""
+    if best is not None and not record["val_loss"] < best["val_loss"]:
+        return best
+    best = {**record, "state": clone_state(model)}
+    save_best(model, optimizer, best, data, Path(model_dir) / BEST_MODEL_FILE)
+    print(f"  ✓ Saved best model (val_acc: {record['val_accuracy']:.2%})")
+    return best
+
+
 def fit(model, splits, data, config, model_dir, show_progress=False):
     """Train with early stopping; return (history, best record, interrupted?)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -245,11 +255,8 @@ def fit(model, splits, data, config, model_dir, show_progress=False):
                 history[key].append(value)
             print(f"  Train Loss: {loss:.4f}, Train Acc: {acc:.2%}")
             print(f"  Val Loss: {val_loss:.4f}, Val Acc: {val_acc:.2%}")
-            if best is None or val_loss < best["val_loss"]:
-                best = {"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc,
-                        "state": clone_state(model)}
-                save_best(model, optimizer, best, data, Path(model_dir) / BEST_MODEL_FILE)
-                print(f"  ✓ Saved best model (val_acc: {val_acc:.2%})")
+            record = {"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc}
+            best = keep_if_best(best, record, model, optimizer, data, model_dir)
             print(f"  Epoch time: {time.perf_counter() - started:.2f}s")
             print(RULE)
             if epoch - best["epoch"] >= config.patience:
@@ -478,9 +485,9 @@ def print_configuration(data, model, device, config):
 
 def finish(model, best, splits, data, history, model_dir, interrupted):
     """Restore the best weights, test them, save everything and report; return the exit status."""
-    if best is None:
+    if best is None:  # only an interrupt during the first epoch gets here
         print("No epoch finished, so there is no model to test or save.")
-        return 130 if interrupted else 1
+        return 130
     model.load_state_dict(best["state"])
     print(f"Restored the best weights (epoch {best['epoch']}, val_loss {best['val_loss']:.4f}, "
           f"val_acc {best['val_accuracy']:.2%})")
