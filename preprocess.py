@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -112,8 +113,8 @@ def decode_document(raw, path):
         return msgspec.json.decode(raw, type=_Document)
     except msgspec.ValidationError as exc:
         raise DataError(_describe_validation_error(str(exc), path)) from None
-    except msgspec.DecodeError:
-        raise DataError(_describe_malformed_json(raw, path)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # the latter: bad bytes in a string
+        raise DataError(_describe_malformed_json(raw, path, exc)) from None
 
 
 def _describe_validation_error(message, path):
@@ -134,25 +135,49 @@ def _describe_validation_error(message, path):
     return f"{path}: {key}{index}: {problem}; {_KEY_HINTS.get(key, 'fix that value')}"
 
 
-def _describe_malformed_json(raw, path):
+def _describe_malformed_json(raw, path, error):
     """Say why strict JSON parsing failed: NaN/Infinity tokens, bad encoding, or broken syntax."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return f"{path}: not UTF-8 text (bad byte at offset {exc.start}): save it as UTF-8 JSON"
     try:
-        json.loads(text)
+        doc = json.loads(text)  # lenient: accepts the NaN/Infinity tokens that msgspec refuses
     except json.JSONDecodeError as exc:
         return (
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
             f"the file may be truncated: write it again"
         )
+    where = _locate_non_finite(doc)
+    if where is None:  # e.g. a lone UTF-16 surrogate escape, which only the lenient parser accepts
+        return f"{path}: not valid strict JSON ({error}): write it again"
     token = re.search(r"-?\b(?:NaN|Infinity)\b", text)
     line = text.count("\n", 0, token.start()) + 1 if token else "?"
     return (
-        f"{path}: line {line}: {token.group(0) if token else 'a non-finite value'} is not a finite "
+        f"{path}: {where} (line {line}): {token.group(0) if token else 'a value'} is not a finite "
         f"number: drop or re-extract the segments that contain it"
     )
+
+
+def _locate_non_finite(doc):
+    """Name the first top-level entry holding NaN or Infinity, e.g. "mfcc[3]", or None."""
+    items = doc.items() if isinstance(doc, dict) else [("document", doc)]
+    for key, value in items:
+        for index, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+            if _has_non_finite(item):
+                return key if index is None else f"{key}[{index}]"
+    return None
+
+
+def _has_non_finite(value):
+    """True when a parsed JSON value is or contains NaN or an infinity."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_has_non_finite(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    return False
 
 
 def to_segment_array(mfcc, path):
@@ -210,6 +235,12 @@ def check_labels(labels, mapping, path):
     if len(set(mapping)) != len(mapping):
         name = next(m for i, m in enumerate(mapping) if m in mapping[:i])
         raise DataError(f"{path}: genre '{name}' appears twice in 'mapping': names must be unique")
+    huge = next((i for i, label in enumerate(labels) if not -2**63 <= label < 2**63), None)
+    if huge is not None:  # msgspec accepts integers of any size; int64 does not
+        raise DataError(
+            f"{path}: labels[{huge}] = {labels[huge]} is outside 0..{len(mapping) - 1}: "
+            f"fix the label"
+        )
     y = np.array(labels, dtype=np.int64)
     bad = np.flatnonzero((y < 0) | (y >= len(mapping)))
     if len(bad):
@@ -489,17 +520,17 @@ def make_demo_data(genres=10, tracks_per_genre=10, segments_per_track=10, frames
     """A deterministic, learnable, GTZAN-shaped data set in the data.json format (with tracks)."""
     rng = np.random.default_rng(seed)
     level = np.linspace(-200.0, 0.0, coeffs)  # MFCC-like: a large first coefficient, then smaller
-    genre_profile = rng.normal(0.0, 25.0, (genres, coeffs))
+    genre_profile = rng.normal(0.0, 12.0, (genres, coeffs))
     genre_rhythm = rng.uniform(0.05, 0.5, genres)  # cycles per frame of each genre's modulation
     frame = np.arange(frames)[:, None]
     mfcc, labels, tracks = [], [], []
     for genre in range(genres):
         for track in range(tracks_per_genre):
-            colour = rng.normal(0.0, 8.0, coeffs)  # what makes one track unlike its genre-mates
+            colour = rng.normal(0.0, 8.0, coeffs)  # what sets a track apart from its genre-mates
             for _ in range(segments_per_track):
                 phase = rng.uniform(0.0, 2 * np.pi)
-                pulse = 20.0 * np.sin(2 * np.pi * genre_rhythm[genre] * frame + phase)
-                noise = rng.normal(0.0, 12.0, (frames, coeffs))
+                pulse = 12.0 * np.sin(2 * np.pi * genre_rhythm[genre] * frame + phase)
+                noise = rng.normal(0.0, 25.0, (frames, coeffs))
                 segment = level + genre_profile[genre] + colour + pulse + noise
                 mfcc.append(np.round(segment, 2).tolist())
                 labels.append(genre)

@@ -1,0 +1,106 @@
+"""Shared fixtures: small synthetic data sets, data.json writers and preprocess.py runners."""
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # so that `import preprocess` works from any working directory
+
+import preprocess  # noqa: E402
+
+SCRIPT = ROOT / "preprocess.py"
+# Small enough that a subprocess run costs little more than its imports; big enough for a 70/20/10
+# stratified split of 3 genres at track level (30 tracks -> 3 test tracks, one per genre).
+SMALL = dict(genres=3, tracks_per_genre=10, segments_per_track=2, frames=8, coeffs=4)
+
+
+@pytest.fixture
+def make_data():
+    """make_demo_data with small defaults; keyword arguments override them."""
+
+    def make(**overrides):
+        return preprocess.make_demo_data(**{**SMALL, **overrides})
+
+    return make
+
+
+def write_json_file(data, path):
+    """Write a dict as JSON (NaN/Infinity tokens allowed), or bytes/str as they are."""
+    path = Path(path)
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    elif isinstance(data, str):
+        path.write_text(data, encoding="utf-8")
+    else:
+        path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write_data(tmp_path):
+    """Write data (dict, str or bytes) to tmp_path/name and return its path."""
+
+    def write(data, name="data.json"):
+        return write_json_file(data, tmp_path / name)
+
+    return write
+
+
+def run_script(*args, cwd, timeout=120):
+    """Run `python preprocess.py ARGS` in cwd and return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run `python preprocess.py ARGS` in tmp_path (or cwd) and return the CompletedProcess."""
+
+    def run(*args, cwd=None, timeout=120):
+        return run_script(*args, cwd=cwd or tmp_path, timeout=timeout)
+
+    return run
+
+
+def load_npz(path):
+    """Every array of an npz file, read without pickle."""
+    with np.load(path, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+@pytest.fixture
+def build_cache(tmp_path):
+    """Run preprocess.main in-process on data; return the cache's arrays (and stdout if asked)."""
+
+    def build(data, *args, output="preprocessed_data.npz", data_name="data.json", stdout=False):
+        json_path = write_json_file(data, tmp_path / data_name)
+        cache_path = tmp_path / output
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            status = preprocess.main(["--data", str(json_path), "--output", str(cache_path),
+                                      *map(str, args)])
+        assert status == 0, f"preprocess.main failed on good data: {buffer.getvalue()}"
+        arrays = load_npz(cache_path)
+        return (arrays, buffer.getvalue()) if stdout else arrays
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def good_cache_bytes(tmp_path_factory):
+    """The bytes of a cache made by a successful run, to plant before a run that must fail."""
+    folder = tmp_path_factory.mktemp("good")
+    json_path = write_json_file(preprocess.make_demo_data(**SMALL), folder / "data.json")
+    cache_path = folder / "preprocessed_data.npz"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert preprocess.main(["--data", str(json_path), "--output", str(cache_path)]) == 0
+    return cache_path.read_bytes()
