@@ -9,6 +9,7 @@ train.py imports load_data() from here: it reuses the cache while it is fresh an
 why, when it is missing, stale or unreadable.
 """
 import argparse
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -75,7 +76,9 @@ class _Document(msgspec.Struct):
 
     mapping: list[str]
     labels: list[int]
-    mfcc: list[list[list[float | list[float]]]]  # segments: 2-D (H, W) or 3-D (H, W, C)
+    # Segments stay raw JSON here and are decoded one at a time into a float32 array, so the whole
+    # file never exists as Python lists of floats (that would double the peak memory).
+    mfcc: list[msgspec.Raw]
     tracks: list[str | int] | None = None
 
 
@@ -126,13 +129,18 @@ def _describe_validation_error(message, path):
         key = missing.group(1)
         return f"{path}: missing key '{key}': {_KEY_HINTS[key]}"
     where = re.search(r"at `\$\.(\w+)(.*)`", message)
-    problem = message.split(" - at ")[0]
-    if problem == "Number out of range":
-        problem = "a number too large to represent (infinite)"
+    problem = _reword(message.split(" - at ")[0])
     if not where:
         return f"{path}: {problem}"
     key, index = where.groups()
     return f"{path}: {key}{index}: {problem}; {_KEY_HINTS.get(key, 'fix that value')}"
+
+
+def _reword(problem):
+    """msgspec's wording of a problem, made plainer where it is cryptic."""
+    if problem == "Number out of range":
+        return "a number too large to represent (infinite)"
+    return problem
 
 
 def _describe_malformed_json(raw, path, error):
@@ -180,20 +188,44 @@ def _has_non_finite(value):
     return False
 
 
-def to_segment_array(mfcc, path):
-    """Stack the segments as float32 (N, C, H, W), checking that they all share one shape."""
-    if not mfcc:
-        raise DataError(f"{path}: 'mfcc' holds no segments: extract features from some audio first")
+_SEGMENT = msgspec.json.Decoder(list[list[float | list[float]]])  # 2-D (H, W) or 3-D (H, W, C)
+
+
+def decode_segment(raw, index, path):
+    """One segment of 'mfcc' as a float32 array; DataError naming mfcc[index] if it is malformed."""
     try:
-        with np.errstate(over="ignore"):  # float32 overflow becomes inf, reported below
-            x = np.array(mfcc, dtype=np.float32)
-    except ValueError:
-        raise DataError(_describe_ragged_segments(mfcc, path)) from None
-    if x.ndim not in (3, 4) or 0 in x.shape:
+        segment = _SEGMENT.decode(raw)
+    except msgspec.ValidationError as exc:
+        problem, _, where = str(exc).partition(" - at `$")
         raise DataError(
-            f"{path}: mfcc[0] has shape {x.shape[1:]}: each segment must be a non-empty 2-D "
-            f"(frames x coefficients) or 3-D (height x width x channels) list of numbers"
-        )
+            f"{path}: mfcc[{index}]{where.rstrip('`')}: {_reword(problem)}; {_KEY_HINTS['mfcc']}"
+        ) from None
+    try:
+        with np.errstate(over="ignore"):  # float32 overflow becomes inf, reported by the caller
+            return np.array(segment, dtype=np.float32)
+    except ValueError:
+        raise DataError(
+            f"{path}: mfcc[{index}] is ragged (its rows differ in length or mix numbers and lists): "
+            f"re-extract it"
+        ) from None
+
+
+def to_segment_array(segments, path):
+    """Decode the segments into one float32 (N, C, H, W) array, checking they share one shape."""
+    if not segments:
+        raise DataError(f"{path}: 'mfcc' holds no segments: extract features from some audio first")
+    first = decode_segment(segments[0], 0, path)
+    if 0 in first.shape:
+        raise DataError(f"{path}: mfcc[0] has shape {first.shape}: segments must not be empty")
+    x = np.empty((len(segments),) + first.shape, dtype=np.float32)
+    for index, raw in enumerate(segments):
+        segment = decode_segment(raw, index, path)
+        if segment.shape != first.shape:
+            raise DataError(
+                f"{path}: mfcc[{index}] has shape {segment.shape} but mfcc[0] has {first.shape}: "
+                f"every segment must have the same shape; keep only full-length segments"
+            )
+        x[index] = segment
     bad = np.argwhere(~np.isfinite(x))
     if len(bad):
         raise DataError(
@@ -201,31 +233,6 @@ def to_segment_array(mfcc, path):
         )
     # 2-D segments get one channel; 3-D ones are channels-last and move their channels first.
     return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def _nested_shape(value):
-    """Shape of a nested list, or None when it is ragged or mixes numbers and lists."""
-    if not isinstance(value, list):
-        return ()
-    shapes = {_nested_shape(item) for item in value}
-    if len(shapes) > 1 or None in shapes:
-        return None
-    return (len(value),) + (shapes.pop() if shapes else ())
-
-
-def _describe_ragged_segments(mfcc, path):
-    """Name the first segment whose shape differs from segment 0's (or that is ragged itself)."""
-    first = _nested_shape(mfcc[0])
-    for index, segment in enumerate(mfcc):
-        shape = _nested_shape(segment)
-        if shape is None:
-            return f"{path}: mfcc[{index}] is ragged (its rows differ in length): re-extract it"
-        if shape != first:
-            return (
-                f"{path}: mfcc[{index}] has shape {shape} but mfcc[0] has {first}: every segment "
-                f"must have the same shape; keep only full-length segments when extracting"
-            )
-    return f"{path}: 'mfcc' segments differ in shape"
 
 
 def check_labels(labels, mapping, path):
@@ -273,9 +280,10 @@ def check_tracks(tracks, y, path):
 def load_dataset(path):
     """Read, validate and convert data.json; return (x, y, mapping, tracks or None, raw sha256)."""
     raw = read_source(path)
-    digest = hashlib.sha256(raw).hexdigest()
-    doc = decode_document(raw, path)
-    del raw  # the decoded lists are large enough; do not hold the text as well
+    # hashlib releases the GIL, so the fingerprint is computed while msgspec parses.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(lambda: hashlib.sha256(raw).hexdigest())
+        doc = decode_document(raw, path)
     if len(doc.mfcc) != len(doc.labels):
         raise DataError(
             f"{path}: 'mfcc' has {len(doc.mfcc)} segments but 'labels' has {len(doc.labels)}: "
@@ -283,10 +291,8 @@ def load_dataset(path):
         )
     y = check_labels(doc.labels, doc.mapping, path)
     tracks = None if doc.tracks is None else check_tracks(doc.tracks, y, path)
-    mapping, mfcc = list(doc.mapping), doc.mfcc
-    del doc  # keep only the segment lists alive while they become one float32 array
-    x = to_segment_array(mfcc, path)
-    return x, y, mapping, tracks, digest
+    x = to_segment_array(doc.mfcc, path)
+    return x, y, list(doc.mapping), tracks, digest.result()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -594,7 +600,7 @@ def add_split_arguments(parser, seed_flag="--seed"):
                         help="fraction of all data used for validation")
     parser.add_argument("--test-split", type=split_fraction, default=TEST_SPLIT,
                         help="fraction of all data held out for testing")
-    parser.add_argument(seed_flag, dest="split_seed", type=int, default=RANDOM_STATE,
+    parser.add_argument(seed_flag, dest="split_seed", metavar="SEED", type=int, default=RANDOM_STATE,
                         help="random_state of the train/validation/test split")
     parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=SPLIT_BY,
                         help="keep each track's segments in one split ('auto': when data.json "

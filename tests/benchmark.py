@@ -1,0 +1,389 @@
+"""Benchmark preprocess.py and train.py against plain, textbook versions of the same work.
+
+Usage:
+    python tests/benchmark.py                         # generated GTZAN-sized input, 3 rounds, CPU
+    python tests/benchmark.py --data data.json --rounds 5 --epochs 6
+    python tests/benchmark.py --device cuda           # also times a full 30-epoch project run
+    python tests/benchmark.py --part train            # only the training comparison
+
+Without --data it writes a GTZAN-sized data.json (10 genres, 10,000 segments of 130 x 13 full
+precision floats, json.dump(indent=4), about 640 MB) once into the system temp folder and reuses it.
+Project and baseline run alternately, each in its own subprocess: preprocessing is measured by wall
+time and the child's peak RSS (os.wait4), training by the median seconds per epoch of epochs 2..E.
+The ratios project/baseline are compared with the targets of issue 5. Benchmarks report, they do
+not fail: the exit status is 0 (2 on bad arguments, 1 when a child process fails). POSIX only.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent  # preprocess.py and train.py live here
+ROUNDS = 3  # alternating project/baseline rounds; the report uses their medians
+EPOCHS = 4  # epochs per training run; epoch 1 is warm-up, so the median covers 2..EPOCHS
+CUDA_FULL_EPOCHS = 30  # length of the full GPU run that issue 5 times (target: under 15 s)
+SEGMENTS = 10_000  # GTZAN: 1,000 tracks x 10 segments
+GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+FRAMES, COEFFS = 130, 13  # one 3-second segment at librosa's defaults: 130 frames x 13 MFCCs
+DATA_DIR = Path(tempfile.gettempdir()) / "genre-benchmark"  # generated input, kept between runs
+EPOCH_TIME = re.compile(r"Epoch time: ([\d.]+)s")  # printed by train.py and by the baseline
+
+# (name, ratio limit, goal or None); a ratio is project / baseline, lower is better.
+TARGETS = {
+    "train": ("training s/epoch", 0.8, 0.7),
+    "prep_time": ("preprocessing wall time", 0.5, None),
+    "prep_mem": ("preprocessing peak memory", 1.0, None),
+}
+
+BASELINE_PREPROCESS = '''\
+"""Plain preprocessing: json.load, np.array, min-max, two stratified splits, savez_compressed."""
+import json
+import sys
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+with open(sys.argv[1]) as f:
+    data = json.load(f)
+X = np.array(data["mfcc"], dtype=np.float32)
+X = X.reshape(X.shape[0], 1, X.shape[1], X.shape[2])
+y = np.array(data["labels"])
+X = (X - X.min()) / (X.max() - X.min())
+X_rest, X_test, y_rest, y_test = train_test_split(
+    X, y, test_size=0.1, stratify=y, random_state=42)
+X_train, X_val, y_train, y_val = train_test_split(
+    X_rest, y_rest, test_size=0.2 / 0.9, stratify=y_rest, random_state=42)
+np.savez_compressed(sys.argv[2], X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val,
+                    X_test=X_test, y_test=y_test, mapping=np.array(data["mapping"]))
+'''
+
+BASELINE_TRAIN = '''\
+"""Plain training loop: DataLoader over TensorDataset, NCHW, conv -> ReLU -> pool, .item()."""
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+cache, epochs, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+torch.manual_seed(42)
+data = np.load(cache)
+train_set = TensorDataset(torch.from_numpy(data["X_train"]), torch.from_numpy(data["y_train"]))
+val_set = TensorDataset(torch.from_numpy(data["X_val"]), torch.from_numpy(data["y_val"]))
+train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
+val_loader = DataLoader(val_set, batch_size=64)
+channels, height, width = data["X_train"].shape[1:]
+model = nn.Sequential(
+    nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    nn.BatchNorm2d(32), nn.Dropout2d(0.35),
+    nn.Conv2d(32, 48, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    nn.BatchNorm2d(48), nn.Dropout2d(0.35),
+    nn.Flatten(), nn.Linear(48 * (height // 4) * (width // 4), 64), nn.ReLU(),
+    nn.BatchNorm1d(64), nn.Dropout(0.7), nn.Linear(64, len(data["mapping"])),
+).to(device)
+optimizer = torch.optim.Adam(model.parameters(), lr=0.0008, weight_decay=2e-4)
+criterion = nn.CrossEntropyLoss()
+for epoch in range(1, epochs + 1):
+    start = time.perf_counter()
+    model.train()
+    train_loss = 0.0
+    for xb, yb in train_loader:
+        xb, yb = xb.to(device), yb.to(device)
+        optimizer.zero_grad()
+        loss = criterion(model(xb), yb)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        train_loss += loss.item() * len(yb)
+    model.eval()
+    val_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in val_loader:
+            xb, yb = xb.to(device), yb.to(device)
+            out = model(xb)
+            val_loss += criterion(out, yb).item() * len(yb)
+            correct += (out.argmax(1) == yb).sum().item()
+    print(f"Epoch {epoch}: loss {train_loss / len(train_set):.4f}, "
+          f"val_loss {val_loss / len(val_set):.4f}, val_acc {correct / len(val_set):.2%}, "
+          f"Epoch time: {time.perf_counter() - start:.4f}s", flush=True)
+'''
+
+
+# ---------------------------------------------------------------------------------------------
+# Input data
+
+
+def make_mfcc(segments, seed=0):
+    """GTZAN-shaped float64 MFCC-like segments (genre profile + rhythm + noise) and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(GENRES)), -(-segments // len(GENRES)))[:segments]
+    level = np.linspace(-200.0, 0.0, COEFFS)  # a large first coefficient, then smaller ones
+    profile = rng.normal(0.0, 25.0, (len(GENRES), COEFFS))[labels]
+    rhythm = rng.uniform(0.05, 0.5, len(GENRES))[labels]
+    phase = rng.uniform(0.0, 2 * np.pi, segments)
+    pulse = 20.0 * np.sin(2 * np.pi * rhythm[:, None] * np.arange(FRAMES) + phase[:, None])
+    noise = rng.normal(0.0, 12.0, (segments, FRAMES, COEFFS))
+    return level + profile[:, None, :] + pulse[:, :, None] + noise, labels
+
+
+def ensure_input(segments):
+    """Path of the generated data.json, written once (atomically, so a partial file is never reused)."""
+    path = DATA_DIR / f"data_{segments}.json"
+    if path.is_file():
+        return path
+    print(f"Generating {path} ({segments} segments); this takes a few minutes ...", flush=True)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    mfcc, labels = make_mfcc(segments)
+    doc = {"mapping": GENRES, "labels": labels.tolist(), "mfcc": mfcc.tolist()}
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "w") as handle:
+        json.dump(doc, handle, indent=4)  # full float64 repr, like librosa's output dumped as-is
+    os.replace(temp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes
+
+
+def run_child(args, log_path, cwd=REPO):
+    """Run python with args; return (wall seconds, peak RSS in MiB, output). Raise if it fails."""
+    with open(log_path, "w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, stdout=log,
+                                stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it; tell Popen
+    output = Path(log_path).read_text(errors="replace")
+    if proc.returncode != 0:
+        tail = "\n".join(output.splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(map(str, args))} exited with {proc.returncode}:\n{tail}")
+    return wall, usage.ru_maxrss / 1024, output  # Linux reports ru_maxrss in KiB
+
+
+def epoch_seconds(output):
+    """Per-epoch times printed by a training run."""
+    return [float(value) for value in EPOCH_TIME.findall(output)]
+
+
+def median_after_warmup(times):
+    """Median epoch time, leaving out the first (warm-up) epoch."""
+    return statistics.median(times[1:])
+
+
+def write_baselines(workdir):
+    """Write the two plain scripts; return their paths."""
+    paths = {"prep": workdir / "baseline_preprocess.py", "train": workdir / "baseline_train.py"}
+    paths["prep"].write_text(BASELINE_PREPROCESS)
+    paths["train"].write_text(BASELINE_TRAIN)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# The two comparisons
+
+
+def bench_preprocessing(data, baseline, workdir, rounds):
+    """Alternate project and baseline preprocessing; return per-round (seconds, MiB) of each."""
+    results = {"project": [], "baseline": []}
+    print("\nPreprocessing: wall s, peak RSS MiB")
+    print(f"  {'round':<6} {'project':>18} {'baseline':>18}")
+    for index in range(1, rounds + 1):
+        commands = {
+            "project": ["preprocess.py", "--data", data, "--output", workdir / "project.npz"],
+            "baseline": [baseline, data, workdir / "baseline.npz"],
+        }
+        for name, args in commands.items():
+            (workdir / f"{name}.npz").unlink(missing_ok=True)  # each run writes from scratch
+            wall, peak, _ = run_child(args, workdir / f"prep_{name}.log")
+            results[name].append((wall, peak))
+        (pw, pm), (bw, bm) = results["project"][-1], results["baseline"][-1]
+        print(f"  {index:<6} {pw:>7.2f} s {pm:>6.0f} MiB {bw:>7.2f} s {bm:>6.0f} MiB"
+              f"  ratios {pw / bw:.3f} {pm / bm:.3f}", flush=True)
+    return results
+
+
+def ensure_cache(data, cache, workdir):
+    """Build the project's cache once, so that training runs exclude preprocessing."""
+    if not cache.is_file():
+        print("\nBuilding the training cache with preprocess.py ...", flush=True)
+        run_child(["preprocess.py", "--data", data, "--output", cache], workdir / "cache.log")
+
+
+def train_commands(data, cache, baseline, workdir, epochs, device):
+    """The project and baseline training command lines."""
+    return {
+        "project": ["train.py", "--data", data, "--cache", cache, "--model-dir",
+                    workdir / "models", "--epochs", epochs, "--patience", 1000, "--device", device],
+        "baseline": [baseline, cache, epochs, device],
+    }
+
+
+def bench_training(commands, workdir, rounds):
+    """Alternate project and baseline training; return each one's epoch times, round by round."""
+    results = {"project": [], "baseline": []}
+    print("\nTraining: s/epoch, median of epochs 2..E (all epochs in brackets)")
+    for index in range(1, rounds + 1):
+        line = f"  {index:<6}"
+        for name, args in commands.items():
+            _, _, output = run_child(args, workdir / f"train_{name}.log")
+            times = epoch_seconds(output)
+            if len(times) < 2:
+                raise RuntimeError(f"{name} training printed {len(times)} epoch time(s)")
+            results[name].append(times)
+            shown = " ".join(f"{t:.2f}" for t in times)
+            line += f" {name} {median_after_warmup(times):6.3f} [{shown}]"
+        ratio = median_after_warmup(results["project"][-1]) / median_after_warmup(times)
+        print(f"{line}  ratio {ratio:.3f}", flush=True)
+    return results
+
+
+def bench_cuda_full_run(data, cache, workdir):
+    """Time one full project run of CUDA_FULL_EPOCHS epochs on the GPU (preprocessing excluded)."""
+    args = ["train.py", "--data", data, "--cache", cache, "--model-dir", workdir / "models",
+            "--epochs", CUDA_FULL_EPOCHS, "--patience", 1000, "--device", "cuda"]
+    wall, _, output = run_child(args, workdir / "train_cuda_full.log")
+    times = epoch_seconds(output)
+    print(f"\nFull {CUDA_FULL_EPOCHS}-epoch project run on cuda: {sum(times):.2f} s in epochs "
+          f"({len(times)} epochs), {wall:.2f} s for the whole process (target: epochs < 15 s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def ratio_line(key, project, baseline, unit):
+    """One 'name: project / baseline = ratio, target, PASS/MISS' line."""
+    name, limit, goal = TARGETS[key]
+    ratio = project / baseline
+    verdict = "PASS" if ratio <= limit else "MISS"
+    wanted = f"<= {limit:.2f}" + (f" (goal {goal:.2f}: {'met' if ratio <= goal else 'not met'})"
+                                  if goal else "")
+    return (f"  {name:<26} {project:8.2f} / {baseline:8.2f} {unit:<5} = {ratio:.3f}  "
+            f"target {wanted}  {verdict}")
+
+
+def summarize(prep, train):
+    """Print the medians across rounds and the project/baseline ratios against the targets."""
+    print("\nMedians across rounds, ratio project / baseline:")
+    if train:
+        med = {name: statistics.median(map(median_after_warmup, runs)) for name, runs in train.items()}
+        print(ratio_line("train", med["project"], med["baseline"], "s"))
+        # The fastest epoch is what each loop takes when nothing else competes for the CPU.
+        best = {name: min(t for times in runs for t in times[1:]) for name, runs in train.items()}
+        print(f"  {'(fastest epoch, for noise)':<26} {best['project']:8.2f} / "
+              f"{best['baseline']:8.2f} s     = {best['project'] / best['baseline']:.3f}")
+    if prep:
+        for index, (key, unit) in enumerate((("prep_time", "s"), ("prep_mem", "MiB"))):
+            med = {name: statistics.median(v[index] for v in runs) for name, runs in prep.items()}
+            print(ratio_line(key, med["project"], med["baseline"], unit))
+
+
+def load_average():
+    """The 1-minute load average, or "n/a" where the system does not report one."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def describe_machine():
+    """CPU model, core count and library versions, for the record."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = ", ".join(f"{pkg} {metadata.version(pkg)}" for pkg in ("torch", "numpy", "msgspec"))
+    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {versions}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def positive_int(text):
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def parse_args(argv=None):
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        description="Compare preprocess.py and train.py with plain baselines (issue 5 targets).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path, help="input data.json (default: generated, GTZAN-sized)")
+    parser.add_argument("--segments", type=positive_int, default=SEGMENTS,
+                        help="segments of the generated input (ignored with --data)")
+    parser.add_argument("--rounds", type=positive_int, default=ROUNDS, help="alternating rounds")
+    parser.add_argument("--epochs", type=positive_int, default=EPOCHS,
+                        help="epochs per training run (at least 2; epoch 1 is warm-up)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="training device; cuda also times a full 30-epoch project run")
+    parser.add_argument("--part", choices=("all", "preprocess", "train"), default="all",
+                        help="which comparison to run")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is excluded as warm-up")
+    if args.data is not None and not args.data.is_file():
+        parser.error(f"--data {args.data}: no such file")
+    return args
+
+
+def run(args, workdir):
+    """Run the selected comparisons in workdir and print the report."""
+    data = (args.data or ensure_input(args.segments)).resolve()
+    print(f"Machine: {describe_machine()}")
+    print(f"Input: {data} ({data.stat().st_size / 1e6:.1f} MB)")
+    print(f"Load average: {load_average()} (other work on this machine skews the timings)")
+    baselines = write_baselines(workdir)
+    cache = workdir / "project.npz"  # preprocessing's last project output doubles as the cache
+    prep = train = None
+    if args.part in ("all", "preprocess"):
+        prep = bench_preprocessing(data, baselines["prep"], workdir, args.rounds)
+    if args.part in ("all", "train"):
+        ensure_cache(data, cache, workdir)
+        commands = train_commands(data, cache, baselines["train"], workdir, args.epochs,
+                                  args.device)
+        train = bench_training(commands, workdir, args.rounds)
+        if args.device == "cuda":
+            bench_cuda_full_run(data, cache, workdir)
+    summarize(prep, train)
+    print(f"Load average at the end: {load_average()}")
+
+
+def main(argv=None) -> int:
+    """Run the benchmark; exit status 0 (it reports, it does not judge), 1 if a child fails."""
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="genre-bench-run-"))
+    try:
+        run(args, workdir)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
