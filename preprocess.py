@@ -627,8 +627,9 @@ def print_summary(arrays, json_path, cache_path, seconds):
     print(f"Input shape: (C={shape[0]}, H={shape[1]}, W={shape[2]})")
     print(f"Split by {kind}: train/val/test = {n['train']}/{n['val']}/{n['test']} segments")
     if kind == "segment":
+        remedy = "--split-by track" if len(arrays["tracks_train"]) else "add 'tracks' to data.json"
         print("Note: segments of one track can sit in both training and test sets, so test "
-              "accuracy is optimistic (add 'tracks' to data.json for a track-level split)")
+              f"accuracy is optimistic ({remedy} for a track-level split)")
     width = max(len(genre) for genre in mapping + ["genre"])
     print(f"  {'genre':<{width}}  {'train':>5}  {'val':>5}  {'test':>5}")
     for label, genre in enumerate(mapping):
