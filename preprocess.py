@@ -522,8 +522,11 @@ def load_data(json_path=JSON_PATH, cache_path=PREPROCESSED_DATA_PATH, settings=S
 
 
 def make_demo_data(genres=10, tracks_per_genre=10, segments_per_track=10, frames=130, coeffs=13,
-                   seed=0):
-    """A deterministic, learnable, GTZAN-shaped data set in the data.json format (with tracks)."""
+                   seed=0, decimals=2):
+    """A deterministic, learnable, GTZAN-shaped data set in the data.json format (with tracks).
+
+    decimals=None keeps full float64 precision, as an extractor's output dumped as-is would.
+    """
     rng = np.random.default_rng(seed)
     level = np.linspace(-200.0, 0.0, coeffs)  # MFCC-like: a large first coefficient, then smaller
     genre_profile = rng.normal(0.0, 12.0, (genres, coeffs))
@@ -538,7 +541,7 @@ def make_demo_data(genres=10, tracks_per_genre=10, segments_per_track=10, frames
                 pulse = 12.0 * np.sin(2 * np.pi * genre_rhythm[genre] * frame + phase)
                 noise = rng.normal(0.0, 25.0, (frames, coeffs))
                 segment = level + genre_profile[genre] + colour + pulse + noise
-                mfcc.append(np.round(segment, 2).tolist())
+                mfcc.append((segment if decimals is None else np.round(segment, decimals)).tolist())
                 labels.append(genre)
                 tracks.append(f"demo{genre}.{track:05d}")
     mapping = DEMO_GENRES if genres == len(DEMO_GENRES) else [f"genre{g}" for g in range(genres)]

@@ -27,15 +27,14 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent  # preprocess.py and train.py live here
+sys.path.insert(0, str(REPO))
+import preprocess  # noqa: E402  (the one synthetic-data generator)
+
 ROUNDS = 3  # alternating project/baseline rounds; the report uses their medians
 EPOCHS = 4  # epochs per training run; epoch 1 is warm-up, so the median covers 2..EPOCHS
 CUDA_FULL_EPOCHS = 30  # length of the full GPU run that issue 5 times (target: under 15 s)
 SEGMENTS = 10_000  # GTZAN: 1,000 tracks x 10 segments
-GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
-FRAMES, COEFFS = 130, 13  # one 3-second segment at librosa's defaults: 130 frames x 13 MFCCs
 DATA_DIR = Path(tempfile.gettempdir()) / "genre-benchmark"  # generated input, kept between runs
 EPOCH_TIME = re.compile(r"Epoch time: ([\d.]+)s")  # printed by train.py and by the baseline
 
@@ -126,28 +125,17 @@ for epoch in range(1, epochs + 1):
 # Input data
 
 
-def make_mfcc(segments, seed=0):
-    """GTZAN-shaped float64 MFCC-like segments (genre profile + rhythm + noise) and their labels."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(len(GENRES)), -(-segments // len(GENRES)))[:segments]
-    level = np.linspace(-200.0, 0.0, COEFFS)  # a large first coefficient, then smaller ones
-    profile = rng.normal(0.0, 25.0, (len(GENRES), COEFFS))[labels]
-    rhythm = rng.uniform(0.05, 0.5, len(GENRES))[labels]
-    phase = rng.uniform(0.0, 2 * np.pi, segments)
-    pulse = 20.0 * np.sin(2 * np.pi * rhythm[:, None] * np.arange(FRAMES) + phase[:, None])
-    noise = rng.normal(0.0, 12.0, (segments, FRAMES, COEFFS))
-    return level + profile[:, None, :] + pulse[:, :, None] + noise, labels
-
-
 def ensure_input(segments):
     """Path of the generated data.json, written once (atomically, so a partial file is never reused)."""
-    path = DATA_DIR / f"data_{segments}.json"
+    path = DATA_DIR / f"gtzan_sized_{segments}.json"
     if path.is_file():
         return path
     print(f"Generating {path} ({segments} segments); this takes a few minutes ...", flush=True)
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    mfcc, labels = make_mfcc(segments)
-    doc = {"mapping": GENRES, "labels": labels.tolist(), "mfcc": mfcc.tolist()}
+    # The project's one generator, at full precision and without the optional "tracks" key, so
+    # that both sides read the tutorial's format.
+    doc = preprocess.make_demo_data(tracks_per_genre=segments // 100, decimals=None)
+    del doc["tracks"]
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temp, "w") as handle:
         json.dump(doc, handle, indent=4)  # full float64 repr, like librosa's output dumped as-is
@@ -333,7 +321,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--data", type=Path, help="input data.json (default: generated, GTZAN-sized)")
     parser.add_argument("--segments", type=positive_int, default=SEGMENTS,
-                        help="segments of the generated input (ignored with --data)")
+                        help="segments of the generated input, a multiple of 100 (ignored with --data)")
     parser.add_argument("--rounds", type=positive_int, default=ROUNDS, help="alternating rounds")
     parser.add_argument("--epochs", type=positive_int, default=EPOCHS,
                         help="epochs per training run (at least 2; epoch 1 is warm-up)")
@@ -344,6 +332,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is excluded as warm-up")
+    if args.segments % 100:
+        parser.error("--segments must be a multiple of 100 (10 genres x 10 segments per track)")
     if args.data is not None and not args.data.is_file():
         parser.error(f"--data {args.data}: no such file")
     return args

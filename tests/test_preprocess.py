@@ -13,6 +13,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 import preprocess
+from conftest import load_npz
 
 SCRIPT = Path(preprocess.__file__).resolve()
 SPLITS = ("train", "val", "test")
@@ -21,12 +22,6 @@ CACHE = "preprocessed_data.npz"
 
 # ---------------------------------------------------------------------------------------------
 # Trusted references
-
-
-def read_npz(path):
-    """Every array of an npz file, read without pickle."""
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
 
 
 def subset(data, keep):
@@ -257,18 +252,18 @@ def test_fresh_cache_is_reused_without_rebuilding(cached, monkeypatch):
     arrays, log = prepare(json_path, cache_path)
     assert "Loaded" in log
     assert file_state(cache_path) == before
-    np.testing.assert_array_equal(arrays["X_test"], read_npz(cache_path)["X_test"])
+    np.testing.assert_array_equal(arrays["X_test"], load_npz(cache_path)["X_test"])
 
 
 def test_edited_data_json_triggers_a_rebuild(cached):
     json_path, cache_path, data = cached
-    old = read_npz(cache_path)
+    old = load_npz(cache_path)
     data["mfcc"] = [[[round(2 * v, 2) for v in row] for row in seg] for seg in data["mfcc"]]
     json_path.write_text(json.dumps(data))
     arrays, log = prepare(json_path, cache_path)
     assert "Preprocessing" in log and "changed" in log
     assert float(arrays["norm_min"]) == pytest.approx(2 * float(old["norm_min"]), rel=1e-6)
-    assert float(read_npz(cache_path)["norm_max"]) == pytest.approx(2 * float(old["norm_max"]),
+    assert float(load_npz(cache_path)["norm_max"]) == pytest.approx(2 * float(old["norm_max"]),
                                                                     rel=1e-6)
 
 
@@ -280,10 +275,10 @@ def test_edited_data_json_triggers_a_rebuild(cached):
 ])
 def test_changed_split_settings_trigger_a_rebuild(cached, setting, value, effect):
     json_path, cache_path, _ = cached
-    old = read_npz(cache_path)
+    old = load_npz(cache_path)
     arrays, log = prepare(json_path, cache_path, **{setting: value})
     assert "Preprocessing" in log and setting in log
-    assert effect(old, arrays) and effect(old, read_npz(cache_path))
+    assert effect(old, arrays) and effect(old, load_npz(cache_path))
     _, log = prepare(json_path, cache_path, **{setting: value})
     assert "Loaded" in log  # and the rebuilt cache is fresh for the new settings
 
@@ -296,11 +291,11 @@ def test_changed_split_settings_trigger_a_rebuild(cached, setting, value, effect
 ], ids=["garbage", "truncated-half", "empty", "truncated-tail"])
 def test_corrupt_cache_is_rebuilt(cached, corrupt):
     json_path, cache_path, _ = cached
-    good = read_npz(cache_path)
+    good = load_npz(cache_path)
     cache_path.write_bytes(corrupt(cache_path.read_bytes()))
     arrays, log = prepare(json_path, cache_path)
     assert "Preprocessing" in log and "unreadable" in log
-    rebuilt = read_npz(cache_path)
+    rebuilt = load_npz(cache_path)
     for key in ("X_train", "X_val", "X_test", "y_train", "y_val", "y_test"):
         np.testing.assert_array_equal(rebuilt[key], good[key])
         np.testing.assert_array_equal(arrays[key], good[key])
@@ -312,7 +307,7 @@ def test_cache_of_another_layout_is_rebuilt(cached):
         np.savez_compressed(handle, X_train=np.zeros((2, 1, 8, 4), np.float32))
     arrays, log = prepare(json_path, cache_path)
     assert "Preprocessing" in log
-    assert len(read_npz(cache_path)["y_train"]) == len(arrays["y_train"]) == 42
+    assert len(load_npz(cache_path)["y_train"]) == len(arrays["y_train"]) == 42
 
 
 def test_missing_data_json_uses_the_readable_cache_as_is(cached):
@@ -322,7 +317,7 @@ def test_missing_data_json_uses_the_readable_cache_as_is(cached):
     arrays, log = prepare(json_path, cache_path)
     assert "not found" in log and "Preprocessing" not in log
     assert file_state(cache_path) == before
-    np.testing.assert_array_equal(arrays["X_val"], read_npz(cache_path)["X_val"])
+    np.testing.assert_array_equal(arrays["X_val"], load_npz(cache_path)["X_val"])
 
 
 def test_missing_data_json_and_no_cache_is_a_data_error(tmp_path):
@@ -345,18 +340,18 @@ def test_reprocess_rebuilds_a_fresh_cache(cached, monkeypatch):
                         lambda *a, **k: builds.append(a) or real_build(*a, **k))
     arrays, log = prepare(json_path, cache_path, reprocess=True)
     assert "Preprocessing" in log and len(builds) == 1
-    np.testing.assert_array_equal(read_npz(cache_path)["X_train"], arrays["X_train"])
+    np.testing.assert_array_equal(load_npz(cache_path)["X_train"], arrays["X_train"])
 
 
 def test_cache_of_an_older_format_version_is_rebuilt(cached):
     json_path, cache_path, _ = cached
-    arrays = read_npz(cache_path)
+    arrays = load_npz(cache_path)
     arrays["format_version"] = np.int64(arrays["format_version"]) - 1
     with open(cache_path, "wb") as handle:
         np.savez_compressed(handle, **arrays)
     _, log = prepare(json_path, cache_path)
     assert "Preprocessing" in log
-    assert int(read_npz(cache_path)["format_version"]) == int(arrays["format_version"]) + 1
+    assert int(load_npz(cache_path)["format_version"]) == int(arrays["format_version"]) + 1
 
 
 def test_load_data_returns_float32_nchw_tensors_and_int64_labels(cached):
@@ -367,7 +362,7 @@ def test_load_data_returns_float32_nchw_tensors_and_int64_labels(cached):
     prepared = preprocess.load_data(json_path, cache_path, preprocess.SplitSettings(),
                                     log=log.append)
     assert any("Loaded" in line for line in log)
-    cache = read_npz(cache_path)
+    cache = load_npz(cache_path)
     total = 0
     for name in SPLITS:
         x, y = getattr(prepared, f"x_{name}"), getattr(prepared, f"y_{name}")
@@ -451,7 +446,7 @@ def test_kill_9_while_writing_keeps_the_old_cache(where, make_data, write_data, 
     result = run_cli()
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.glob(".*.tmp")) == []  # the next run cleans up the killed one's file
-    cache = read_npz(tmp_path / CACHE)
+    cache = load_npz(tmp_path / CACHE)
     assert sum(len(cache[f"y_{s}"]) for s in SPLITS) == len(new_data["labels"])
     assert (tmp_path / CACHE).read_bytes() != old
 
@@ -622,7 +617,7 @@ def test_genre_without_segments_is_allowed_with_one_warning(make_data, write_dat
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "warning" in lines[0] and "silence" in lines[0]
-    cache = read_npz(tmp_path / CACHE)
+    cache = load_npz(tmp_path / CACHE)
     assert cache["mapping"].tolist() == data["mapping"]
     silence = [line.split() for line in result.stdout.splitlines() if "silence" in line]
     assert silence == [["silence", "0", "0", "0"]]
