@@ -548,10 +548,11 @@ def make_demo_data(genres=10, tracks_per_genre=10, segments_per_track=10, frames
     return {"mapping": list(mapping), "labels": labels, "mfcc": mfcc, "tracks": tracks}
 
 
-def write_json(obj, path):
+def write_json(obj, path, indent=None):
     """Write obj as JSON, atomically."""
     with atomic_write(path, "w") as handle:
-        json.dump(obj, handle)
+        json.dump(obj, handle, indent=indent)
+        handle.write("\n")
 
 
 def ensure_demo_data(path, log=print):

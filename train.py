@@ -10,7 +10,6 @@ After training, the best weights by validation loss are restored, tested per gen
 everything inference needs; `load_model` rebuilds the classifier from `final_model_pytorch.pt`.
 """
 import argparse
-import json
 import random
 import re
 import sys
@@ -361,13 +360,6 @@ def print_genre_lines(per_genre):
 # Artifacts
 
 
-def write_json(obj, path):
-    """Write obj as indented JSON, atomically."""
-    with preprocess.atomic_write(path, "w") as handle:
-        json.dump(obj, handle, indent=2)
-        handle.write("\n")
-
-
 def save_artifacts(model, data, history, metrics, model_dir):
     """Write the final checkpoint, genre mapping, history and test metrics; return their paths."""
     model_dir = Path(model_dir)
@@ -375,9 +367,9 @@ def save_artifacts(model, data, history, metrics, model_dir):
                                                  METRICS_FILE)}
     save_checkpoint({"model_state_dict": model.state_dict(), "epoch": metrics["epoch"],
                      **model_metadata(data)}, paths[FINAL_MODEL_FILE])
-    write_json(list(data.mapping), paths[MAPPING_FILE])
-    write_json(history, paths[HISTORY_FILE])
-    write_json(metrics, paths[METRICS_FILE])
+    preprocess.write_json(list(data.mapping), paths[MAPPING_FILE], indent=2)
+    preprocess.write_json(history, paths[HISTORY_FILE], indent=2)
+    preprocess.write_json(metrics, paths[METRICS_FILE], indent=2)
     return [model_dir / BEST_MODEL_FILE] + list(paths.values())
 
 
