@@ -118,6 +118,8 @@ def decode_document(raw, path):
         raise DataError(_describe_validation_error(str(exc), path)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # the latter: bad bytes in a string
         raise DataError(_describe_malformed_json(raw, path, exc)) from None
+    except RecursionError:
+        raise DataError(f"{path}: nested far too deeply to be MFCC data: check the file") from None
 
 
 def _describe_validation_error(message, path):
@@ -314,6 +316,8 @@ def resolve_split_kind(split_by, tracks, path):
 def check_genre_sizes(unit_labels, mapping, unit, path):
     """Refuse genres too small to stratify; return the names of genres with no data at all."""
     counts = np.bincount(unit_labels, minlength=len(mapping))
+    if np.count_nonzero(counts) < 2:
+        raise DataError(f"{path}: only one genre has segments: a classifier needs at least two")
     for genre, count in zip(mapping, counts):
         if 0 < count < MIN_PER_GENRE:
             raise DataError(
@@ -426,17 +430,21 @@ def remove_stale_temp_files(path):
 def atomic_write(path, mode="wb"):
     """Yield a temporary file beside path; it replaces path only if the block completes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path)
         with open(temp, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(f"cannot write {path} ({exc.strerror or exc}): choose a writable "
+                            f"location or free some space") from None
         raise
 
 
@@ -463,11 +471,16 @@ def read_cache(path):
     return arrays if int(arrays["format_version"]) == CACHE_FORMAT_VERSION else None
 
 
-def stale_reason(arrays, json_path, settings):
-    """Why the cache no longer matches data.json and the settings, or None when it is fresh."""
+def settings_changes(arrays, settings):
+    """The split settings that differ between the cache and the request, as "key old -> new"."""
     stored = {key: arrays[key].item() for key in ("val_split", "test_split", "seed", "split_by")}
     wanted = {key: getattr(settings, key) for key in stored}
-    changed = [f"{key} {stored[key]} -> {wanted[key]}" for key in stored if stored[key] != wanted[key]]
+    return [f"{key} {stored[key]} -> {wanted[key]}" for key in stored if stored[key] != wanted[key]]
+
+
+def stale_reason(arrays, json_path, settings):
+    """Why the cache no longer matches data.json and the settings, or None when it is fresh."""
+    changed = settings_changes(arrays, settings)
     if changed:
         return "split settings changed (" + ", ".join(changed) + ")"
     if file_sha256(json_path) != arrays["source_sha256"].item():
@@ -477,15 +490,20 @@ def stale_reason(arrays, json_path, settings):
 
 def file_sha256(path):
     """SHA-256 of a file's content, read in chunks."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror}): check its permissions") from None
 
 
 def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print):
     """Return the cache's arrays: reused when fresh, rebuilt (saying why) otherwise."""
     arrays = None if reprocess else read_cache(cache_path)
     if arrays is not None and not Path(json_path).is_file():
-        log(f"{json_path} not found; using the existing cache {cache_path} as it is")
+        changed = settings_changes(arrays, settings)
+        ignored = f"; it cannot apply {', '.join(changed)}" if changed else ""
+        log(f"{json_path} not found; using the existing cache {cache_path} as it is{ignored}")
         return arrays
     reason = "rebuild requested" if reprocess else None
     if arrays is None and reason is None:
@@ -571,6 +589,27 @@ def demo_paths():
 # Command line
 
 
+def seed_value(text):
+    """argparse type: a seed that numpy and torch both accept (0 to 2**32 - 1)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 2**32 - 1")
+    return value
+
+
+def file_path(text):
+    """argparse type: a non-empty path."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
+def check_distinct(parser, source, target, target_flag):
+    """Refuse to write the cache over the input (or the input over itself)."""
+    if Path(source).resolve() == Path(target).resolve():
+        parser.error(f"{target_flag} {target} is the input file: writing it would destroy the data")
+
+
 def split_fraction(text):
     """argparse type: a fraction strictly between 0 and 1."""
     value = float(text)
@@ -586,13 +625,15 @@ def parse_args(argv=None):
                     "train/validation/test split to a compressed .npz cache.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data", default=JSON_PATH, help="input JSON file")
-    parser.add_argument("--output", default=PREPROCESSED_DATA_PATH, help="cache file to write")
+    parser.add_argument("--data", type=file_path, default=JSON_PATH, help="input JSON file")
+    parser.add_argument("--output", type=file_path, default=PREPROCESSED_DATA_PATH,
+                        help="cache file to write")
     add_split_arguments(parser)
     parser.add_argument("--demo", action="store_true",
                         help=f"use generated demo data in {DEMO_DIR}/ instead of --data/--output")
     args = parser.parse_args(argv)
     check_split_arguments(parser, args)
+    check_distinct(parser, args.data, args.output, "--output")
     if args.demo and (args.data, args.output) != (JSON_PATH, PREPROCESSED_DATA_PATH):
         parser.error("--demo uses its own files in demo/; drop --data and --output")
     return args
@@ -604,7 +645,8 @@ def add_split_arguments(parser, seed_flag="--seed"):
                         help="fraction of all data used for validation")
     parser.add_argument("--test-split", type=split_fraction, default=TEST_SPLIT,
                         help="fraction of all data held out for testing")
-    parser.add_argument(seed_flag, dest="split_seed", metavar="SEED", type=int, default=RANDOM_STATE,
+    parser.add_argument(seed_flag, dest="split_seed", metavar="SEED", type=seed_value,
+                        default=RANDOM_STATE,
                         help="random_state of the train/validation/test split")
     parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=SPLIT_BY,
                         help="keep each track's segments in one split ('auto': when data.json "
@@ -658,6 +700,9 @@ def main(argv=None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted; the previous cache, if any, is unchanged.", file=sys.stderr)
+        return 130
     print_summary(arrays, json_path, cache_path, time.perf_counter() - start)
     return 0
 

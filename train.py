@@ -10,6 +10,8 @@ After training, the best weights by validation loss are restored, tested per gen
 everything inference needs; `load_model` rebuilds the classifier from `final_model_pytorch.pt`.
 """
 import argparse
+import math
+import os
 import random
 import re
 import sys
@@ -133,6 +135,8 @@ def describe_device(device, requested):
 
 def build_model(data, device):
     """A GenreClassifier shaped for the data, on device, in the channels-last layout."""
+    if len(data.y_train) < 2:
+        raise DataError(f"the training split has {len(data.y_train)} segment(s): add data")
     channels, height, width = data.x_train.shape[1:]
     try:
         model = GenreClassifier(channels, height, width, len(data.mapping))
@@ -386,22 +390,15 @@ def load_model(path, device="cpu"):
 # Command line
 
 
-def positive(kind):
-    """argparse type: a number of the given kind that is greater than zero."""
+def at_least(kind, minimum, strict=False):
+    """argparse type: a finite number of the given kind, >= minimum (> minimum when strict)."""
     def parse(text):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(
+                f"{text} must be a finite number {'>' if strict else '>='} {minimum}")
         return value
     return parse
-
-
-def non_negative_float(text):
-    """argparse type: a float that is zero or more."""
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must not be negative")
-    return value
 
 
 def device_name(text):
@@ -417,21 +414,27 @@ def parse_args(argv=None):
         description="Train the CNN music-genre classifier on MFCC segments and test it per genre.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data", default=preprocess.JSON_PATH, help="input JSON file")
-    parser.add_argument("--cache", default=preprocess.PREPROCESSED_DATA_PATH,
+    path = preprocess.file_path
+    parser.add_argument("--data", type=path, default=preprocess.JSON_PATH, help="input JSON file")
+    parser.add_argument("--cache", type=path, default=preprocess.PREPROCESSED_DATA_PATH,
                         help="preprocessed cache, built from --data when missing or stale")
     parser.add_argument("--reprocess", action="store_true", help="rebuild the cache first")
-    parser.add_argument("--model-dir", default=MODEL_SAVE_PATH, help="where models and metrics go")
-    parser.add_argument("--epochs", type=positive(int), default=EPOCHS, help="maximum epochs")
-    parser.add_argument("--batch-size", type=positive(int), default=BATCH_SIZE, help="batch size")
-    parser.add_argument("--lr", type=positive(float), default=LEARNING_RATE, help="learning rate")
-    parser.add_argument("--weight-decay", type=non_negative_float, default=WEIGHT_DECAY,
+    parser.add_argument("--model-dir", type=path, default=MODEL_SAVE_PATH,
+                        help="where models and metrics go")
+    parser.add_argument("--epochs", type=at_least(int, 1), default=EPOCHS, help="maximum epochs")
+    # Batch norm cannot train on a batch of one sample.
+    parser.add_argument("--batch-size", type=at_least(int, 2), default=BATCH_SIZE,
+                        help="training batch size")
+    parser.add_argument("--lr", type=at_least(float, 0, strict=True), default=LEARNING_RATE,
+                        help="learning rate")
+    parser.add_argument("--weight-decay", type=at_least(float, 0), default=WEIGHT_DECAY,
                         help="L2 weight decay")
-    parser.add_argument("--grad-clip", type=positive(float), default=GRADIENT_CLIP,
+    parser.add_argument("--grad-clip", type=at_least(float, 0, strict=True), default=GRADIENT_CLIP,
                         help="max gradient norm")
-    parser.add_argument("--patience", type=positive(int), default=EARLY_STOPPING_PATIENCE,
+    parser.add_argument("--patience", type=at_least(int, 1), default=EARLY_STOPPING_PATIENCE,
                         help="epochs without a better validation loss before stopping")
-    parser.add_argument("--seed", type=int, default=SEED, help="seed of weights, dropout, shuffling")
+    parser.add_argument("--seed", type=preprocess.seed_value, default=SEED,
+                        help="seed of weights, dropout, shuffling")
     parser.add_argument("--device", type=device_name, default="auto",
                         help="auto (CUDA when available), cpu, cuda or cuda:N")
     preprocess.add_split_arguments(parser, seed_flag="--split-seed")
@@ -439,6 +442,7 @@ def parse_args(argv=None):
                         help=f"train on generated demo data; everything goes to {preprocess.DEMO_DIR}/")
     args = parser.parse_args(argv)
     preprocess.check_split_arguments(parser, args)
+    preprocess.check_distinct(parser, args.data, args.cache, "--cache")
     defaults = (preprocess.JSON_PATH, preprocess.PREPROCESSED_DATA_PATH, MODEL_SAVE_PATH)
     if args.demo and (args.data, args.cache, args.model_dir) != defaults:
         parser.error("--demo uses its own files in demo/; drop --data, --cache and --model-dir")
@@ -458,6 +462,18 @@ def resolve_paths(args):
     json_path, cache_path = preprocess.demo_paths()
     preprocess.ensure_demo_data(json_path)
     return json_path, cache_path, str(Path(preprocess.DEMO_DIR) / MODEL_SAVE_PATH)
+
+
+def prepare_model_dir(model_dir):
+    """Create the model folder now, so that an unwritable one fails before training, not after."""
+    try:
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create {model_dir} ({exc.strerror}): pass a writable --model-dir"
+        ) from None
+    if not os.access(model_dir, os.W_OK):
+        raise DataError(f"{model_dir} is not writable: pass a writable --model-dir")
 
 
 def print_configuration(data, model, device, config):
@@ -505,6 +521,7 @@ def run(args):
     config = train_config(args)
     set_seed(config.seed)
     model = build_model(data, device)
+    prepare_model_dir(model_dir)
     print_configuration(data, model, device, config)
     splits = to_device(data, device)
     history, best, interrupted = fit(model, splits, data, config, model_dir, sys.stdout.isatty())

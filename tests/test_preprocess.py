@@ -462,8 +462,8 @@ def test_failed_write_keeps_the_old_cache_and_no_temp_file(make_data, build_cach
         raise KeyboardInterrupt  # like Ctrl-C in the middle of writing
 
     monkeypatch.setattr(preprocess.np, "savez_compressed", broken)
-    with pytest.raises(KeyboardInterrupt):
-        preprocess.main(["--data", str(tmp_path / "data.json"), "--output", str(tmp_path / CACHE)])
+    args = ["--data", str(tmp_path / "data.json"), "--output", str(tmp_path / CACHE)]
+    assert preprocess.main(args) == 130  # Ctrl-C: exit status 130, no traceback
     assert (tmp_path / CACHE).read_bytes() == old
     assert list(tmp_path.glob(".*.tmp")) == []
 
