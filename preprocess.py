@@ -430,7 +430,7 @@ def remove_stale_temp_files(path):
 def atomic_write(path, mode="wb"):
     """Yield a temporary file beside path; it replaces path only if the block completes."""
     path = Path(path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = path.absolute().with_name(f".{path.absolute().name}.{os.getpid()}.tmp")  # "." has no name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(path)

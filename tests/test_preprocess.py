@@ -320,6 +320,15 @@ def test_missing_data_json_uses_the_readable_cache_as_is(cached):
     np.testing.assert_array_equal(arrays["X_val"], load_npz(cache_path)["X_val"])
 
 
+def test_missing_data_json_says_which_settings_it_cannot_apply(cached):
+    json_path, cache_path, _ = cached
+    json_path.unlink()
+    log = []
+    settings = preprocess.SplitSettings(test_split=0.3)
+    preprocess.prepare_cache(json_path, cache_path, settings, log=log.append)
+    assert "cannot apply test_split 0.1 -> 0.3" in " ".join(log)
+
+
 def test_missing_data_json_and_no_cache_is_a_data_error(tmp_path):
     with pytest.raises(preprocess.DataError, match="not found"):
         prepare(tmp_path / "data.json", tmp_path / CACHE)
@@ -556,6 +565,9 @@ BAD_INPUTS = [
      [r"'genre1'", r"only 2 track"]),
     ("tracks-wrong-length", lambda d: with_value(d, ["tracks"], d["tracks"][:-1]), [],
      [r"tracks", r"\b29\b", r"\b30\b"]),
+    ("one-genre-only", lambda d: drop(subset(d, range(10)), "tracks"), [],
+     [r"only one genre", r"at least two"]),
+    ("output-is-a-directory", lambda d: d, ["--output", "."], [r"cannot write", r"writable"]),
     ("track-with-two-labels", lambda d: with_value(d, ["tracks", 4], d["tracks"][12]), [],
      [r"track 'demo1\.00002'", r"labels"]),
     ("split-by-track-without-tracks", lambda d: drop(d, "tracks"), ["--split-by", "track"],
@@ -733,7 +745,10 @@ def test_help_shows_the_defaults(capsys):
     ["--test-split", "1"],
     ["--val-split", "-0.2"],
     ["--seed", "abc"],
+    ["--seed", "-1"],
+    ["--seed", str(2**32)],
     ["--split-by", "album"],
+    ["--output", ""],
 ])
 def test_bad_split_options_are_argparse_errors(args, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -742,6 +757,15 @@ def test_bad_split_options_are_argparse_errors(args, capsys, tmp_path, monkeypat
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_output_over_the_input_is_refused(make_data, write_data, tmp_path, capsys):
+    json_path = write_data(make_data())
+    before = json_path.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess.main(["--data", str(json_path), "--output", str(tmp_path / "." / "data.json")])
+    assert exit_info.value.code == 2 and "destroy" in capsys.readouterr().err
+    assert json_path.read_bytes() == before
 
 
 def test_cli_split_fractions_error_through_a_subprocess(run_cli, make_data, write_data, tmp_path):

@@ -95,6 +95,24 @@ def test_a_few_steps_reduce_the_loss():
     assert last < 0.5 * first
 
 
+def test_gradients_are_clipped_to_the_configured_norm():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 16, 8), torch.arange(16) % 4
+    steps = {}
+    for clip in (1e-3, 1e6):
+        torch.manual_seed(1)
+        model = train.GenreClassifier(1, 16, 8, 4)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        # Plain SGD with lr 1 moves the weights by exactly the (clipped) gradient.
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        config = train.TrainConfig(batch_size=16, grad_clip=clip)
+        train.train_one_epoch(model, optimizer, x, y, config, torch.Generator().manual_seed(0))
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        steps[clip] = torch.linalg.vector_norm(after - before).item()
+    assert steps[1e-3] == pytest.approx(1e-3, rel=1e-3)
+    assert steps[1e6] > 100 * steps[1e-3]
+
+
 def test_evaluation_loss_is_a_per_segment_mean_whatever_the_batch_size():
     torch.manual_seed(0)
     model = train.GenreClassifier(1, 16, 8, 3).eval()
@@ -200,6 +218,40 @@ def test_console_follows_the_design(workdir, capsys):
     assert "\r" not in out  # no progress bar in a captured (non-terminal) stream
 
 
+def test_optimizer_uses_the_flags(workdir):
+    assert run_train(workdir, "--epochs", "1", "--lr", "0.003", "--weight-decay", "0.01") == 0
+    best = torch.load(workdir / "models" / train.BEST_MODEL_FILE, weights_only=True,
+                      map_location="cpu")
+    (group,) = best["optimizer_state_dict"]["param_groups"]
+    assert (group["lr"], group["weight_decay"]) == (0.003, 0.01)
+
+
+def test_another_seed_gives_another_run(workdir):
+    histories = []
+    for seed in ("1", "2"):
+        assert run_train(workdir, "--epochs", "2", "--seed", seed, "--model-dir", workdir / seed) == 0
+        histories.append(read_json(workdir / seed / train.HISTORY_FILE))
+    assert histories[0] != histories[1]
+
+
+def test_track_level_accuracy_matches_a_vote_recomputed_from_the_saved_model(workdir):
+    assert run_train(workdir, "--epochs", "3") == 0
+    cache = load_npz(workdir / "cache.npz")
+    model = train.load_model(workdir / "models" / train.FINAL_MODEL_FILE, "cpu")
+    with torch.no_grad():
+        probabilities = torch.softmax(model(torch.from_numpy(cache["X_test"])), dim=1).numpy()
+    correct = 0
+    tracks = cache["tracks_test"]
+    for track in set(tracks.tolist()):
+        rows = tracks == track
+        votes = np.bincount(probabilities[rows].argmax(axis=1), minlength=3)
+        mean = probabilities[rows].mean(axis=0)
+        winner = max(np.flatnonzero(votes == votes.max()), key=lambda label: mean[label])
+        correct += winner == cache["y_test"][rows][0]
+    track_level = read_json(workdir / "models" / train.METRICS_FILE)["track_level"]
+    assert (track_level["correct"], track_level["total"]) == (correct, len(set(tracks.tolist())))
+
+
 def test_two_cpu_runs_are_identical(workdir):
     outputs = []
     for run in ("a", "b"):
@@ -236,7 +288,10 @@ def test_interrupt_restores_and_saves_the_best_weights(workdir, monkeypatch, cap
 @pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"),
                                         ("--batch-size", "0"), ("--patience", "0"),
                                         ("--grad-clip", "0"), ("--weight-decay", "-1"),
-                                        ("--device", "gpu")])
+                                        ("--device", "gpu"), ("--batch-size", "1"),
+                                        ("--lr", "nan"), ("--lr", "inf"), ("--grad-clip", "nan"),
+                                        ("--weight-decay", "nan"), ("--seed", "-1"),
+                                        ("--cache", "data.json")])
 def test_impossible_values_are_argparse_errors(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.parse_args([flag, value])
@@ -259,6 +314,14 @@ def test_bad_data_exits_2_and_writes_no_model(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "labels[5]" in err[0]
     assert not (tmp_path / "models").exists() and not (tmp_path / "cache.npz").exists()
+
+
+def test_unwritable_model_folder_exits_2_before_training(workdir, capsys):
+    (workdir / "models").write_text("a file, not a folder")
+    assert run_train(workdir) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "--model-dir" in err[0] and "Epoch 1" not in captured.out
 
 
 def test_too_small_segments_exit_2_before_training(tmp_path, capsys):
