@@ -327,14 +327,17 @@ def check_genre_sizes(unit_labels, mapping, unit, path):
     return [genre for genre, count in zip(mapping, counts) if count == 0]
 
 
-def split_stratified(y, settings, groups=None):
-    """Return train/val/test row indices, stratified by label; rows of one group stay together."""
+def split_units(y, groups=None):
+    """The units a split moves whole: (unit of each row or None for segments, label of each unit)."""
     if groups is None:
-        units, unit_of_row = np.arange(len(y)), None
-        unit_labels = y
-    else:
-        units, first, unit_of_row = np.unique(groups, return_index=True, return_inverse=True)
-        units, unit_labels = np.arange(len(units)), y[first]
+        return None, y
+    _, first, unit_of_row = np.unique(groups, return_index=True, return_inverse=True)
+    return unit_of_row, y[first]
+
+
+def split_stratified(unit_labels, settings, unit_of_row=None):
+    """Return train/val/test row indices, stratified by label; rows of one unit stay together."""
+    units = np.arange(len(unit_labels))
     rest, test = train_test_split(
         units, test_size=settings.test_split, stratify=unit_labels, random_state=settings.seed
     )
@@ -364,14 +367,13 @@ def build_arrays(path, settings):
     """Load data.json, split and normalize it; return the cache's arrays (fingerprint included)."""
     x, y, mapping, tracks, digest = load_dataset(path)
     kind = resolve_split_kind(settings.split_by, tracks, path)
-    groups = tracks if kind == "track" else None
-    unit_labels = y if groups is None else y[np.unique(groups, return_index=True)[1]]
+    unit_of_row, unit_labels = split_units(y, tracks if kind == "track" else None)
     empty = check_genre_sizes(unit_labels, mapping, kind, path)
     if empty:
         print(f"warning: {path}: no segments for genre(s) {', '.join(empty)}; "
               f"the model keeps an output for each but never sees one", file=sys.stderr)
     try:
-        parts = split_stratified(y, settings, groups)
+        parts = split_stratified(unit_labels, settings, unit_of_row)
     except ValueError as exc:
         raise DataError(
             f"{path}: cannot split {len(unit_labels)} {kind}s into stratified train/validation/"
@@ -505,10 +507,12 @@ def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print):
         ignored = f"; it cannot apply {', '.join(changed)}" if changed else ""
         log(f"{json_path} not found; using the existing cache {cache_path} as it is{ignored}")
         return arrays
-    reason = "rebuild requested" if reprocess else None
-    if arrays is None and reason is None:
+    if reprocess:
+        reason = "rebuild requested"
+    elif arrays is None:
         reason = "no cache yet" if not Path(cache_path).exists() else "cache unreadable or outdated"
-    reason = reason or stale_reason(arrays, json_path, settings)
+    else:
+        reason = stale_reason(arrays, json_path, settings)
     if reason is None:
         log(f"Loaded preprocessed data from {cache_path}")
         return arrays
