@@ -3,18 +3,16 @@
 Usage:
     python preprocess.py                  # data.json -> preprocessed_data.npz (always rebuilds)
     python preprocess.py --demo           # generated demo/data.json -> demo/preprocessed_data.npz
-    python preprocess.py --data songs.json --output songs.npz --val-split 0.2 --test-split 0.1
+    python preprocess.py --data songs.json --cache songs.npz --val-split 0.2 --test-split 0.1
 
 train.py imports load_data() from here: it reuses the cache while it is fresh and rebuilds it, saying
 why, when it is missing, stale or unreadable.
 """
 import argparse
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 from sklearn.model_selection import train_test_split
+
+from common import DataError, atomic_write, file_path, seed_value, write_json
 
 JSON_PATH = "data.json"  # input: {"mapping": [...], "labels": [...], "mfcc": [...], "tracks"?: [...]}
 PREPROCESSED_DATA_PATH = "preprocessed_data.npz"  # cache read by train.py
@@ -38,10 +38,6 @@ MIN_PER_GENRE = 3  # fewest segments (or tracks) per genre that a three-way spli
 SPLIT_NAMES = ("train", "val", "test")
 DEMO_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
 SPLIT_CHOICES = ("auto", "segment", "track")
-
-
-class DataError(Exception):
-    """Bad input: the message names the problem, where it is, and what to do."""
 
 
 @dataclass(frozen=True)
@@ -403,56 +399,12 @@ def fingerprint(digest, settings):
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic files and the cache
-
-
-def _pid_alive(pid):
-    """True while process pid runs; elsewhere than POSIX, assume it ended."""
-    if os.name != "posix":
-        return False  # os.kill(pid, 0) would terminate the process on Windows
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temp_files(path):
-    """Delete temporary files that a killed writer of path left behind."""
-    path = Path(path)
-    for temp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = temp.name[len(path.name) + 2 : -len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            temp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Yield a temporary file beside path; it replaces path only if the block completes."""
-    path = Path(path)
-    temp = path.absolute().with_name(f".{path.absolute().name}.{os.getpid()}.tmp")  # "." has no name
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(path)
-        with open(temp, mode, encoding=None if "b" in mode else "utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DataError(f"cannot write {path} ({exc.strerror or exc}): choose a writable "
-                            f"location or free some space") from None
-        raise
+# The cache
 
 
 def write_cache(arrays, path):
     """Write the arrays as a compressed npz, atomically."""
-    with atomic_write(path) as handle:
+    with atomic_write(path, flag="--cache") as handle:
         np.savez_compressed(handle, **arrays)
 
 
@@ -570,13 +522,6 @@ def make_demo_data(genres=10, tracks_per_genre=10, segments_per_track=10, frames
     return {"mapping": list(mapping), "labels": labels, "mfcc": mfcc, "tracks": tracks}
 
 
-def write_json(obj, path, indent=None):
-    """Write obj as JSON, atomically."""
-    with atomic_write(path, "w") as handle:
-        json.dump(obj, handle, indent=indent)
-        handle.write("\n")
-
-
 def ensure_demo_data(path, log=print):
     """Write the demo data set to path unless it is already there."""
     if not Path(path).exists():
@@ -591,21 +536,6 @@ def demo_paths():
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def seed_value(text):
-    """argparse type: a seed that numpy and torch both accept (0 to 2**32 - 1)."""
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 2**32 - 1")
-    return value
-
-
-def file_path(text):
-    """argparse type: a non-empty path."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path")
-    return text
 
 
 def check_distinct(parser, source, target, target_flag):
@@ -630,26 +560,26 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data", type=file_path, default=JSON_PATH, help="input JSON file")
-    parser.add_argument("--output", type=file_path, default=PREPROCESSED_DATA_PATH,
+    parser.add_argument("--cache", type=file_path, default=PREPROCESSED_DATA_PATH,
                         help="cache file to write")
     add_split_arguments(parser)
     parser.add_argument("--demo", action="store_true",
-                        help=f"use generated demo data in {DEMO_DIR}/ instead of --data/--output")
+                        help=f"use generated demo data in {DEMO_DIR}/ instead of --data/--cache")
     args = parser.parse_args(argv)
     check_split_arguments(parser, args)
-    check_distinct(parser, args.data, args.output, "--output")
-    if args.demo and (args.data, args.output) != (JSON_PATH, PREPROCESSED_DATA_PATH):
-        parser.error("--demo uses its own files in demo/; drop --data and --output")
+    check_distinct(parser, args.data, args.cache, "--cache")
+    if args.demo and (args.data, args.cache) != (JSON_PATH, PREPROCESSED_DATA_PATH):
+        parser.error("--demo uses its own files in demo/; drop --data and --cache")
     return args
 
 
-def add_split_arguments(parser, seed_flag="--seed"):
-    """The split flags; train.py shares them (with its own name for the seed)."""
+def add_split_arguments(parser):
+    """The split flags, shared with train.py."""
     parser.add_argument("--val-split", type=split_fraction, default=VALIDATION_SPLIT,
                         help="fraction of all data used for validation")
     parser.add_argument("--test-split", type=split_fraction, default=TEST_SPLIT,
                         help="fraction of all data held out for testing")
-    parser.add_argument(seed_flag, dest="split_seed", metavar="SEED", type=seed_value,
+    parser.add_argument("--split-seed", type=seed_value,
                         default=RANDOM_STATE,
                         help="random_state of the train/validation/test split")
     parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=SPLIT_BY,
@@ -694,7 +624,7 @@ def print_summary(arrays, json_path, cache_path, seconds):
 def main(argv=None) -> int:
     """Rebuild the cache from data.json and print a summary; exit status 2 on bad input."""
     args = parse_args(argv)
-    json_path, cache_path = demo_paths() if args.demo else (args.data, args.output)
+    json_path, cache_path = demo_paths() if args.demo else (args.data, args.cache)
     start = time.perf_counter()
     try:
         if args.demo:

@@ -10,7 +10,6 @@ After training, the best weights by validation loss are restored, tested per gen
 everything inference needs; `load_model` rebuilds the classifier from `final_model_pytorch.pt`.
 """
 import argparse
-import math
 import os
 import random
 import re
@@ -26,7 +25,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from torch import nn
 
 import preprocess
-from preprocess import DataError
+from common import DataError, at_least, atomic_write, file_path, seed_value, write_json
 
 MODEL_SAVE_PATH = "saved_models"  # folder for checkpoints, genre mapping, history and metrics
 EPOCHS = 30  # maximum training epochs
@@ -220,7 +219,7 @@ def model_metadata(data):
 
 def save_checkpoint(payload, path):
     """torch.save a plain dict atomically."""
-    with preprocess.atomic_write(path) as handle:
+    with atomic_write(path, flag="--model-dir") as handle:
         torch.save(payload, handle)
 
 
@@ -371,9 +370,9 @@ def save_artifacts(model, data, history, metrics, model_dir):
                                                  METRICS_FILE)}
     save_checkpoint({"model_state_dict": model.state_dict(), "epoch": metrics["epoch"],
                      **model_metadata(data)}, paths[FINAL_MODEL_FILE])
-    preprocess.write_json(list(data.mapping), paths[MAPPING_FILE], indent=2)
-    preprocess.write_json(history, paths[HISTORY_FILE], indent=2)
-    preprocess.write_json(metrics, paths[METRICS_FILE], indent=2)
+    write_json(list(data.mapping), paths[MAPPING_FILE], indent=2)
+    write_json(history, paths[HISTORY_FILE], indent=2)
+    write_json(metrics, paths[METRICS_FILE], indent=2)
     return [model_dir / BEST_MODEL_FILE] + list(paths.values())
 
 
@@ -390,17 +389,6 @@ def load_model(path, device="cpu"):
 # Command line
 
 
-def at_least(kind, minimum, strict=False):
-    """argparse type: a finite number of the given kind, >= minimum (> minimum when strict)."""
-    def parse(text):
-        value = kind(text)
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            raise argparse.ArgumentTypeError(
-                f"{text} must be a finite number {'>' if strict else '>='} {minimum}")
-        return value
-    return parse
-
-
 def device_name(text):
     """argparse type: auto, cpu, cuda or cuda:N."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
@@ -414,7 +402,7 @@ def parse_args(argv=None):
         description="Train the CNN music-genre classifier on MFCC segments and test it per genre.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    path = preprocess.file_path
+    path = file_path
     parser.add_argument("--data", type=path, default=preprocess.JSON_PATH, help="input JSON file")
     parser.add_argument("--cache", type=path, default=preprocess.PREPROCESSED_DATA_PATH,
                         help="preprocessed cache, built from --data when missing or stale")
@@ -433,11 +421,11 @@ def parse_args(argv=None):
                         help="max gradient norm")
     parser.add_argument("--patience", type=at_least(int, 1), default=EARLY_STOPPING_PATIENCE,
                         help="epochs without a better validation loss before stopping")
-    parser.add_argument("--seed", type=preprocess.seed_value, default=SEED,
+    parser.add_argument("--seed", type=seed_value, default=SEED,
                         help="seed of weights, dropout, shuffling")
     parser.add_argument("--device", type=device_name, default="auto",
                         help="auto (CUDA when available), cpu, cuda or cuda:N")
-    preprocess.add_split_arguments(parser, seed_flag="--split-seed")
+    preprocess.add_split_arguments(parser)
     parser.add_argument("--demo", action="store_true",
                         help=f"train on generated demo data; everything goes to {preprocess.DEMO_DIR}/")
     args = parser.parse_args(argv)

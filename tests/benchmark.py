@@ -192,7 +192,7 @@ def bench_preprocessing(data, baseline, workdir, rounds):
     print(f"  {'round':<6} {'project':>18} {'baseline':>18}")
     for index in range(1, rounds + 1):
         commands = {
-            "project": ["preprocess.py", "--data", data, "--output", workdir / "project.npz"],
+            "project": ["preprocess.py", "--data", data, "--cache", workdir / "project.npz"],
             "baseline": [baseline, data, workdir / "baseline.npz"],
         }
         for name, args in commands.items():
@@ -209,7 +209,7 @@ def ensure_cache(data, cache, workdir):
     """Build the project's cache once, so that training runs exclude preprocessing."""
     if not cache.is_file():
         print("\nBuilding the training cache with preprocess.py ...", flush=True)
-        run_child(["preprocess.py", "--data", data, "--output", cache], workdir / "cache.log")
+        run_child(["preprocess.py", "--data", data, "--cache", cache], workdir / "cache.log")
 
 
 def train_commands(data, cache, baseline, workdir, epochs, device):

@@ -86,7 +86,7 @@ def build_cache(tmp_path):
         cache_path = tmp_path / output
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            status = preprocess.main(["--data", str(json_path), "--output", str(cache_path),
+            status = preprocess.main(["--data", str(json_path), "--cache", str(cache_path),
                                       *map(str, args)])
         assert status == 0, f"preprocess.main failed on good data: {buffer.getvalue()}"
         arrays = load_npz(cache_path)
@@ -102,5 +102,5 @@ def good_cache_bytes(tmp_path_factory):
     json_path = write_json_file(preprocess.make_demo_data(**SMALL), folder / "data.json")
     cache_path = folder / "preprocessed_data.npz"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert preprocess.main(["--data", str(json_path), "--output", str(cache_path)]) == 0
+        assert preprocess.main(["--data", str(json_path), "--cache", str(cache_path)]) == 0
     return cache_path.read_bytes()

@@ -6,12 +6,14 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
+import common
 import preprocess
 from conftest import load_npz
 
@@ -100,7 +102,7 @@ def test_segment_split_is_70_20_10_and_stratified_per_genre(segment_data, build_
 
 @pytest.mark.parametrize("args, val, test, seed", [
     ((), 0.2, 0.1, 42),
-    (("--seed", 7), 0.2, 0.1, 7),
+    (("--split-seed", 7), 0.2, 0.1, 7),
     (("--val-split", 0.25, "--test-split", 0.15), 0.25, 0.15, 42),
 ])
 def test_segment_split_equals_sklearn_reference(segment_data, build_cache, args, val, test, seed):
@@ -454,7 +456,11 @@ def test_kill_9_while_writing_keeps_the_old_cache(where, make_data, write_data, 
 
     result = run_cli()
     assert result.returncode == 0, result.stderr
-    assert list(tmp_path.glob(".*.tmp")) == []  # the next run cleans up the killed one's file
+    assert list(tmp_path.glob(".*.tmp")) == temps  # too fresh to tell from a slow live writer
+    old_enough = time.time() - common.STALE_TEMP_SECONDS - 1
+    os.utime(temps[0], (old_enough, old_enough))
+    assert run_cli().returncode == 0
+    assert list(tmp_path.glob(".*.tmp")) == []  # unlocked and old: the killed writer's, removed
     cache = load_npz(tmp_path / CACHE)
     assert sum(len(cache[f"y_{s}"]) for s in SPLITS) == len(new_data["labels"])
     assert (tmp_path / CACHE).read_bytes() != old
@@ -471,7 +477,7 @@ def test_failed_write_keeps_the_old_cache_and_no_temp_file(make_data, build_cach
         raise KeyboardInterrupt  # like Ctrl-C in the middle of writing
 
     monkeypatch.setattr(preprocess.np, "savez_compressed", broken)
-    args = ["--data", str(tmp_path / "data.json"), "--output", str(tmp_path / CACHE)]
+    args = ["--data", str(tmp_path / "data.json"), "--cache", str(tmp_path / CACHE)]
     assert preprocess.main(args) == 130  # Ctrl-C: exit status 130, no traceback
     assert (tmp_path / CACHE).read_bytes() == old
     assert list(tmp_path.glob(".*.tmp")) == []
@@ -567,7 +573,7 @@ BAD_INPUTS = [
      [r"tracks", r"\b29\b", r"\b30\b"]),
     ("one-genre-only", lambda d: drop(subset(d, range(10)), "tracks"), [],
      [r"only one genre", r"at least two"]),
-    ("output-is-a-directory", lambda d: d, ["--output", "."], [r"cannot write", r"writable"]),
+    ("output-is-a-directory", lambda d: d, ["--cache", "."], [r"cannot write", r"--cache"]),
     ("track-with-two-labels", lambda d: with_value(d, ["tracks", 4], d["tracks"][12]), [],
      [r"track 'demo1\.00002'", r"labels"]),
     ("split-by-track-without-tracks", lambda d: drop(d, "tracks"), ["--split-by", "track"],
@@ -670,7 +676,7 @@ def test_track_split_keeps_every_track_in_one_split(track_data, build_cache):
 
 @pytest.mark.parametrize("seed", [42, 5])
 def test_track_split_is_stratified_like_sklearn_on_the_tracks(track_data, build_cache, seed):
-    cache = build_cache(track_data, "--seed", seed)
+    cache = build_cache(track_data, "--split-seed", seed)
     ids = list(dict.fromkeys(track_data["tracks"]))
     genre_of = dict(zip(track_data["tracks"], track_data["labels"]))
     labels = np.array([genre_of[t] for t in ids])
@@ -686,9 +692,9 @@ def test_track_split_is_stratified_like_sklearn_on_the_tracks(track_data, build_
 
 
 def test_track_split_is_deterministic_for_a_seed(track_data, build_cache):
-    first = build_cache(track_data, "--seed", 3, output="a.npz")
-    again = build_cache(track_data, "--seed", 3, output="b.npz")
-    other = build_cache(track_data, "--seed", 4, output="c.npz")
+    first = build_cache(track_data, "--split-seed", 3, output="a.npz")
+    again = build_cache(track_data, "--split-seed", 3, output="b.npz")
+    other = build_cache(track_data, "--split-seed", 4, output="c.npz")
     for key in [f"{kind}_{name}" for kind in ("X", "y", "tracks") for name in SPLITS]:
         np.testing.assert_array_equal(first[key], again[key])
     assert set(first["tracks_test"]) != set(other["tracks_test"])
@@ -731,8 +737,8 @@ def test_help_shows_the_defaults(capsys):
         preprocess.parse_args(["--help"])
     assert exit_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
-    for option, default in [("--data", "data.json"), ("--output", "preprocessed_data.npz"),
-                            ("--val-split", "0.2"), ("--test-split", "0.1"), ("--seed", "42"),
+    for option, default in [("--data", "data.json"), ("--cache", "preprocessed_data.npz"),
+                            ("--val-split", "0.2"), ("--test-split", "0.1"), ("--split-seed", "42"),
                             ("--split-by", "auto")]:
         assert option in out
         assert re.search(rf"default: {re.escape(default)}\)", out), (option, default)
@@ -744,11 +750,11 @@ def test_help_shows_the_defaults(capsys):
     ["--val-split", "0"],
     ["--test-split", "1"],
     ["--val-split", "-0.2"],
-    ["--seed", "abc"],
-    ["--seed", "-1"],
-    ["--seed", str(2**32)],
+    ["--split-seed", "abc"],
+    ["--split-seed", "-1"],
+    ["--split-seed", str(2**32)],
     ["--split-by", "album"],
-    ["--output", ""],
+    ["--cache", ""],
 ])
 def test_bad_split_options_are_argparse_errors(args, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -763,7 +769,7 @@ def test_output_over_the_input_is_refused(make_data, write_data, tmp_path, capsy
     json_path = write_data(make_data())
     before = json_path.read_bytes()
     with pytest.raises(SystemExit) as exit_info:
-        preprocess.main(["--data", str(json_path), "--output", str(tmp_path / "." / "data.json")])
+        preprocess.main(["--data", str(json_path), "--cache", str(tmp_path / "." / "data.json")])
     assert exit_info.value.code == 2 and "destroy" in capsys.readouterr().err
     assert json_path.read_bytes() == before
 
@@ -797,3 +803,24 @@ def test_plain_run_prints_the_summary(make_data, write_data, run_cli, tmp_path):
     assert CACHE in out
     assert re.search(r"\d+(\.\d+)? ?[kKM]i?B", out), "cache size missing"
     assert re.search(r"\d+(\.\d+)? ?s\b", out), "elapsed time missing"
+
+
+def test_a_live_writers_temp_file_survives_a_second_writer(tmp_path):
+    target = tmp_path / "out.json"
+    with common.atomic_write(target, "w") as first:
+        first.write("{}")
+        [live] = tmp_path.glob(".*.tmp")
+        old = time.time() - common.STALE_TEMP_SECONDS - 1
+        os.utime(live, (old, old))  # even when it looks abandoned, its lock says it is alive
+        common.write_json({"second": True}, target)
+        assert live.exists()
+        assert json.loads(target.read_text()) == {"second": True}
+    assert json.loads(target.read_text()) == {}  # the first writer finished last, and won
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_temp_files_of_concurrent_writers_have_unique_names(tmp_path):
+    target = tmp_path / "out.json"
+    with common.atomic_write(target, "w"), common.atomic_write(target, "w"):
+        temps = list(tmp_path.glob(".out.json.*.tmp"))  # two, both beside the target
+    assert len(temps) == 2
