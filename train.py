@@ -321,7 +321,7 @@ def track_scores(probabilities, y_true, tracks, mapping):
     }
 
 
-def test_metrics(model, splits, data, best_epoch):
+def compute_test_metrics(model, splits, data, best_epoch):
     """Loss, accuracy and per-genre scores of the model on the test split (and per track)."""
     x_test, y_test = splits["test"]
     loss, accuracy, logits = evaluate(model, x_test, y_test)
@@ -489,7 +489,7 @@ def finish(model, best, splits, data, history, model_dir, interrupted):
     model.load_state_dict(best["state"])
     print(f"Restored the best weights (epoch {best['epoch']}, val_loss {best['val_loss']:.4f}, "
           f"val_acc {best['val_accuracy']:.2%})")
-    metrics = test_metrics(model, splits, data, best["epoch"])
+    metrics = compute_test_metrics(model, splits, data, best["epoch"])
     metrics["interrupted"] = interrupted
     print_test_results(metrics)
     print("\nSaved:")
