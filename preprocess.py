@@ -65,6 +65,8 @@ class PreparedData:
     norm_max: float
     split_kind: str
     tracks_test: list  # track id of each test row; empty when data.json has no "tracks"
+    source_sha256: str = ""  # SHA-256 of the data.json the cache was built from
+    split: SplitSettings = SplitSettings()  # the settings the cache was split with
 
 
 class _Document(msgspec.Struct):
@@ -425,6 +427,12 @@ def read_cache(path):
     return arrays if int(arrays["format_version"]) == CACHE_FORMAT_VERSION else None
 
 
+def stored_settings(arrays):
+    """The SplitSettings a cache was built with."""
+    return SplitSettings(float(arrays["val_split"]), float(arrays["test_split"]),
+                         int(arrays["seed"]), str(arrays["split_by"]))
+
+
 def settings_changes(arrays, settings):
     """The split settings that differ between the cache and the request, as "key old -> new"."""
     stored = {key: arrays[key].item() for key in ("val_split", "test_split", "seed", "split_by")}
@@ -488,6 +496,7 @@ def load_data(json_path=JSON_PATH, cache_path=PREPROCESSED_DATA_PATH, settings=S
         mapping=arrays["mapping"].tolist(),
         norm_min=float(arrays["norm_min"]), norm_max=float(arrays["norm_max"]),
         split_kind=str(arrays["split_kind"]), tracks_test=arrays["tracks_test"].tolist(),
+        source_sha256=str(arrays["source_sha256"]), split=stored_settings(arrays),
     )
 
 

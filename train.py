@@ -10,12 +10,13 @@ After training, the best weights by validation loss are restored, tested per gen
 everything inference needs; `load_model` rebuilds the classifier from `final_model_pytorch.pt`.
 """
 import argparse
+import dataclasses
 import os
+import platform
 import random
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ class UsageError(Exception):
     """A setting that cannot work on this machine, such as --device cuda without a GPU."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimization settings, mirrored one to one by the command-line flags."""
 
@@ -207,14 +208,31 @@ def clone_state(model):
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
-def model_metadata(data):
-    """What it takes to rebuild the model and prepare new inputs the same way."""
+def model_metadata(data, config):
+    """What it takes to rebuild the model and prepare new inputs the same way, and how it was made."""
     channels, height, width = data.x_train.shape[1:]
     return {
         "num_channels": int(channels), "height": int(height), "width": int(width),
         "num_classes": len(data.mapping), "mapping": list(data.mapping),
         "norm_min": data.norm_min, "norm_max": data.norm_max,
+        "train_config": dataclasses.asdict(config),
+        "split": {**dataclasses.asdict(data.split), "split_kind": data.split_kind},
+        "source_sha256": data.source_sha256,
+        "versions": library_versions(),
     }
+
+
+def library_versions():
+    """Versions of the libraries whose behaviour the weights depend on."""
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "numpy": str(np.__version__)}
+
+
+def test_summary(metrics):
+    """The test figures a checkpoint carries, so that a model file says how good it is."""
+    track_level = metrics.get("track_level")
+    return {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"],
+            "track_test_accuracy": track_level["accuracy"] if track_level else None}
 
 
 def save_checkpoint(payload, path):
@@ -223,21 +241,27 @@ def save_checkpoint(payload, path):
         torch.save(payload, handle)
 
 
-def save_best(model, optimizer, record, data, path):
+def save_best(model, optimizer, record, data, config, path):
     """Write the best-so-far checkpoint: weights, optimizer state, epoch, metrics, metadata."""
     save_checkpoint({
         "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
         "epoch": record["epoch"], "val_loss": record["val_loss"],
-        "val_accuracy": record["val_accuracy"], **model_metadata(data),
+        "val_accuracy": record["val_accuracy"], **model_metadata(data, config),
     }, path)
 
 
-def keep_if_best(best, record, model, optimizer, data, model_dir):
+def add_test_results(path, metrics):
+    """Rewrite the best checkpoint with the test figures, which exist only once it was tested."""
+    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    save_checkpoint({**checkpoint, **test_summary(metrics)}, path)
+
+
+def keep_if_best(best, record, model, optimizer, data, config, model_dir):
     """Return the new best record, checkpointed, if this epoch beat the validation loss of best."""
     if best is not None and not record["val_loss"] < best["val_loss"]:
         return best
     best = {**record, "state": clone_state(model)}
-    save_best(model, optimizer, best, data, Path(model_dir) / BEST_MODEL_FILE)
+    save_best(model, optimizer, best, data, config, Path(model_dir) / BEST_MODEL_FILE)
     print(f"  ✓ Saved best model (val_acc: {record['val_accuracy']:.2%})")
     return best
 
@@ -260,7 +284,7 @@ def fit(model, splits, data, config, model_dir, show_progress=False):
             print(f"  Train Loss: {loss:.4f}, Train Acc: {acc:.2%}")
             print(f"  Val Loss: {val_loss:.4f}, Val Acc: {val_acc:.2%}")
             record = {"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc}
-            best = keep_if_best(best, record, model, optimizer, data, model_dir)
+            best = keep_if_best(best, record, model, optimizer, data, config, model_dir)
             print(f"  Epoch time: {time.perf_counter() - started:.2f}s")
             print(RULE)
             if epoch - best["epoch"] >= config.patience:
@@ -277,16 +301,41 @@ def fit(model, splits, data, config, model_dir, show_progress=False):
 # Test metrics
 
 
+def vote_segments(probabilities):
+    """Majority vote of segment probabilities (n, classes): (label, vote counts, mean probabilities).
+
+    A tie goes to the tied genre with the higher mean probability.
+    """
+    counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1])
+    means = probabilities.mean(axis=0)
+    tied = np.flatnonzero(counts == counts.max())
+    return int(tied[np.argmax(means[tied])]), counts, means
+
+
+def rows_by_track(tracks):
+    """The row indices of each track, in order of first appearance."""
+    tracks = np.asarray(tracks)
+    return {track: np.flatnonzero(tracks == track) for track in dict.fromkeys(tracks.tolist())}
+
+
 def vote_tracks(probabilities, tracks):
     """Majority vote of each track's segment predictions; ties go to the higher mean probability."""
-    tracks = np.asarray(tracks)
-    votes = {}
-    for track in dict.fromkeys(tracks.tolist()):
-        probs = probabilities[tracks == track]
-        counts = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1])
-        tied = np.flatnonzero(counts == counts.max())
-        votes[track] = int(tied[np.argmax(probs[:, tied].mean(axis=0))])
-    return votes
+    return {track: vote_segments(probabilities[rows])[0]
+            for track, rows in rows_by_track(tracks).items()}
+
+
+def describe_track_votes(probabilities, y_true, tracks, mapping):
+    """Per test track: true genre, voted genre, its votes and share of them, its mean probability."""
+    described = []
+    for track, rows in rows_by_track(tracks).items():
+        label, counts, means = vote_segments(probabilities[rows])
+        described.append({
+            "track": track, "true_genre": mapping[int(y_true[rows[0]])],
+            "predicted_genre": mapping[label], "votes": int(counts[label]),
+            "segments": len(rows), "vote_share": int(counts[label]) / len(rows),
+            "mean_probability": float(means[label]),
+        })
+    return described
 
 
 def per_genre_scores(y_true, y_pred, mapping):
@@ -308,16 +357,17 @@ def per_genre_scores(y_true, y_pred, mapping):
 
 
 def track_scores(probabilities, y_true, tracks, mapping):
-    """Track-level accuracy, overall and per genre, from the majority vote of segments."""
-    votes = vote_tracks(probabilities, tracks)
-    truth = {track: int(label) for track, label in zip(tracks, y_true)}
-    y_track = np.array([truth[track] for track in votes])
-    y_vote = np.array(list(votes.values()))
+    """Track-level accuracy, overall and per genre, and every test track's vote."""
+    described = describe_track_votes(probabilities, y_true, tracks, mapping)
+    label_of = {genre: label for label, genre in enumerate(mapping)}
+    y_track = np.array([label_of[t["true_genre"]] for t in described])
+    y_vote = np.array([label_of[t["predicted_genre"]] for t in described])
     genres, _ = per_genre_scores(y_track, y_vote, mapping)
     return {
         "accuracy": float(accuracy_score(y_track, y_vote)),
-        "correct": int((y_track == y_vote).sum()), "total": len(votes),
+        "correct": int((y_track == y_vote).sum()), "total": len(described),
         "per_genre": {g: {k: s[k] for k in ("accuracy", "correct", "total")} for g, s in genres.items()},
+        "tracks": described,
     }
 
 
@@ -363,13 +413,18 @@ def print_genre_lines(per_genre):
 # Artifacts
 
 
-def save_artifacts(model, data, history, metrics, model_dir):
-    """Write the final checkpoint, genre mapping, history and test metrics; return their paths."""
+def save_artifacts(model, data, config, history, metrics, model_dir):
+    """Write the final checkpoint, genre mapping, history and test metrics; return their paths.
+
+    The best checkpoint, written during training, gets the test figures too.
+    """
     model_dir = Path(model_dir)
     paths = {name: model_dir / name for name in (FINAL_MODEL_FILE, MAPPING_FILE, HISTORY_FILE,
                                                  METRICS_FILE)}
+    add_test_results(model_dir / BEST_MODEL_FILE, metrics)
     save_checkpoint({"model_state_dict": model.state_dict(), "epoch": metrics["epoch"],
-                     **model_metadata(data)}, paths[FINAL_MODEL_FILE])
+                     **model_metadata(data, config), **test_summary(metrics)},
+                    paths[FINAL_MODEL_FILE])
     write_json(list(data.mapping), paths[MAPPING_FILE], indent=2)
     write_json(history, paths[HISTORY_FILE], indent=2)
     write_json(metrics, paths[METRICS_FILE], indent=2)
@@ -481,7 +536,7 @@ def print_configuration(data, model, device, config):
     print(RULE)
 
 
-def finish(model, best, splits, data, history, model_dir, interrupted):
+def finish(model, best, splits, data, config, history, model_dir, interrupted):
     """Restore the best weights, test them, save everything and report; return the exit status."""
     if best is None:  # only an interrupt during the first epoch gets here
         print("No epoch finished, so there is no model to test or save.")
@@ -493,7 +548,7 @@ def finish(model, best, splits, data, history, model_dir, interrupted):
     metrics["interrupted"] = interrupted
     print_test_results(metrics)
     print("\nSaved:")
-    for path in save_artifacts(model, data, history, metrics, model_dir):
+    for path in save_artifacts(model, data, config, history, metrics, model_dir):
         print(f"  {path}")
     return 130 if interrupted else 0
 
@@ -513,7 +568,7 @@ def run(args):
     print_configuration(data, model, device, config)
     splits = to_device(data, device)
     history, best, interrupted = fit(model, splits, data, config, model_dir, sys.stdout.isatty())
-    return finish(model, best, splits, data, history, model_dir, interrupted)
+    return finish(model, best, splits, data, config, history, model_dir, interrupted)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
 """Tests of train.py: the model, the training loop, checkpoints, metrics and the command line."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -250,6 +251,58 @@ def test_track_level_accuracy_matches_a_vote_recomputed_from_the_saved_model(wor
         correct += winner == cache["y_test"][rows][0]
     track_level = read_json(workdir / "models" / train.METRICS_FILE)["track_level"]
     assert (track_level["correct"], track_level["total"]) == (correct, len(set(tracks.tolist())))
+    assert_tracks_listed_with_their_votes(track_level["tracks"], cache, probabilities)
+
+
+def assert_tracks_listed_with_their_votes(listed, cache, probabilities):
+    """Each test track appears once, with its true genre and the vote of its segments."""
+    mapping, tracks = cache["mapping"].tolist(), cache["tracks_test"]
+    assert sorted(t["track"] for t in listed) == sorted(set(tracks.tolist()))
+    for entry in listed:
+        rows = tracks == entry["track"]
+        predicted = probabilities[rows].argmax(axis=1)
+        label = mapping.index(entry["predicted_genre"])
+        assert entry["true_genre"] == mapping[cache["y_test"][rows][0]]
+        assert (entry["votes"], entry["segments"]) == (np.sum(predicted == label), rows.sum())
+        assert entry["votes"] == np.bincount(predicted).max()  # a majority, possibly tied
+        assert entry["vote_share"] == pytest.approx(entry["votes"] / entry["segments"])
+        assert entry["mean_probability"] == pytest.approx(probabilities[rows, label].mean())
+
+
+def plain_values(value):
+    """True when a checkpoint value is made only of the types weights_only is meant for."""
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and plain_values(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(plain_values(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool, torch.Tensor))
+
+
+def test_checkpoints_say_how_they_were_made(workdir):
+    args = ["--epochs", "2", "--seed", "3", "--lr", "0.002", "--split-seed", "5",
+            "--val-split", "0.25"]
+    assert run_train(workdir, *args) == 0
+    models = workdir / "models"
+    metrics = read_json(models / train.METRICS_FILE)
+    expected_config = {"epochs": 2, "batch_size": train.BATCH_SIZE, "lr": 0.002,
+                       "weight_decay": train.WEIGHT_DECAY, "grad_clip": train.GRADIENT_CLIP,
+                       "patience": train.EARLY_STOPPING_PATIENCE, "seed": 3}
+    digest = hashlib.sha256((workdir / "data.json").read_bytes()).hexdigest()
+    best, final = (torch.load(models / name, weights_only=True, map_location="cpu")
+                   for name in (train.BEST_MODEL_FILE, train.FINAL_MODEL_FILE))
+    for checkpoint in (best, final):
+        assert plain_values(checkpoint)
+        assert checkpoint["train_config"] == expected_config
+        assert checkpoint["split"] == {"val_split": 0.25, "test_split": preprocess.TEST_SPLIT,
+                                       "seed": 5, "split_by": "auto", "split_kind": "track"}
+        assert checkpoint["source_sha256"] == digest
+        assert checkpoint["versions"]["torch"] == torch.__version__
+        assert checkpoint["versions"]["numpy"] == np.__version__
+        assert checkpoint["test_accuracy"] == metrics["accuracy"]
+        assert checkpoint["test_loss"] == metrics["loss"]
+        assert checkpoint["track_test_accuracy"] == metrics["track_level"]["accuracy"]
+    assert "optimizer_state_dict" in best and best["epoch"] == metrics["epoch"]
+    assert_same_weights(best["model_state_dict"], final["model_state_dict"])
 
 
 def test_two_cpu_runs_are_identical(workdir):
