@@ -23,6 +23,7 @@ import msgspec
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+import extract  # only for the MFCC recipe's schema: importing it needs no audio library
 from common import DataError, atomic_write, file_path, seed_value, write_json
 
 JSON_PATH = "data.json"  # input: {"mapping": [...], "labels": [...], "mfcc": [...], "tracks"?: [...]}
@@ -32,7 +33,7 @@ TEST_SPLIT = 0.1  # fraction of the whole data set held out for the final test
 RANDOM_STATE = 42  # seed of both train_test_split calls: same input, same split, any machine
 SPLIT_BY = "auto"  # "segment", "track", or "auto" (= "track" when data.json has a "tracks" list)
 DEMO_DIR = "demo"  # --demo keeps its generated data.json, cache and models here
-CACHE_FORMAT_VERSION = 1  # bump when the cache layout changes, so that old caches are rebuilt
+CACHE_FORMAT_VERSION = 2  # bump when the cache layout changes, so that old caches are rebuilt
 MIN_PER_GENRE = 3  # fewest segments (or tracks) per genre that a three-way split can stratify
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -67,6 +68,10 @@ class PreparedData:
     tracks_test: list  # track id of each test row; empty when data.json has no "tracks"
     source_sha256: str = ""  # SHA-256 of the data.json the cache was built from
     split: SplitSettings = SplitSettings()  # the settings the cache was split with
+    # The MFCC recipe (extract.py's "features"). Without one in data.json: the tutorial recipe
+    # when the segments have its shape, else None (unknown), and features_assumed is True.
+    features: dict = None
+    features_assumed: bool = True
 
 
 class _Document(msgspec.Struct):
@@ -78,6 +83,7 @@ class _Document(msgspec.Struct):
     # file never exists as Python lists of floats (that would double the peak memory).
     mfcc: list[msgspec.Raw]
     tracks: list[str | int] | None = None
+    features: dict | None = None
 
 
 _KEY_HINTS = {
@@ -85,6 +91,7 @@ _KEY_HINTS = {
     "labels": "'labels' must hold one integer genre index per segment (true/false are not integers)",
     "mfcc": "'mfcc' must hold one 2-D (frames x coefficients) or 3-D list of numbers per segment",
     "tracks": "'tracks' must hold one track id (string or integer) per segment",
+    "features": "'features' must be the MFCC recipe object that extract.py writes",
 }
 
 
@@ -277,8 +284,28 @@ def check_tracks(tracks, y, path):
     return ids
 
 
+def check_features(features, x, path):
+    """The recipe of data.json, validated and matching the segments' shape; None when absent."""
+    if features is None:
+        return None
+    where = f"{path}: 'features'"
+    features = extract.validate_features(features, where)
+    shape = tuple(x.shape[1:])
+    expected = (1, features["frames"], features["n_mfcc"])
+    if shape != expected:
+        raise DataError(
+            f"{where} describes segments of {expected[1]} frames x {expected[2]} MFCCs, but the "
+            f"segments are {' x '.join(map(str, shape[1:]))}"
+            f"{f' x {shape[0]} channels' if shape[0] != 1 else ''}: re-extract with extract.py"
+        )
+    return features
+
+
 def load_dataset(path):
-    """Read, validate and convert data.json; return (x, y, mapping, tracks or None, raw sha256)."""
+    """Read, validate and convert data.json.
+
+    Returns (x, y, mapping, tracks or None, features or None, raw sha256).
+    """
     raw = read_source(path)
     # hashlib releases the GIL, so the fingerprint is computed while msgspec parses.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -292,7 +319,8 @@ def load_dataset(path):
     y = check_labels(doc.labels, doc.mapping, path)
     tracks = None if doc.tracks is None else check_tracks(doc.tracks, y, path)
     x = to_segment_array(doc.mfcc, path)
-    return x, y, list(doc.mapping), tracks, digest.result()
+    features = check_features(doc.features, x, path)
+    return x, y, list(doc.mapping), tracks, features, digest.result()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +378,22 @@ def split_stratified(unit_labels, settings, unit_of_row=None):
     return tuple(np.flatnonzero(np.isin(unit_of_row, part)) for part in (train, val, test))
 
 
+def tutorial_shape(shape):
+    """True when (C, H, W) segments have the shape the tutorial recipe gives."""
+    tutorial = extract.TUTORIAL_FEATURES
+    return tuple(shape) == (1, tutorial["frames"], tutorial["n_mfcc"])
+
+
+def features_of(arrays):
+    """(recipe, assumed) of a cache: its stored recipe, else the tutorial's if the shape fits."""
+    stored = str(arrays["features"])
+    if stored:
+        return json.loads(stored), False
+    if tutorial_shape(arrays["X_train"].shape[1:]):
+        return dict(extract.TUTORIAL_FEATURES), True
+    return None, True
+
+
 def normalization_range(x_train):
     """Global min and max of the training split: the only statistics used to scale every split."""
     return float(x_train.min()), float(x_train.max())
@@ -363,7 +407,10 @@ def normalize(x, norm_min, norm_max):
 
 def build_arrays(path, settings):
     """Load data.json, split and normalize it; return the cache's arrays (fingerprint included)."""
-    x, y, mapping, tracks, digest = load_dataset(path)
+    x, y, mapping, tracks, features, digest = load_dataset(path)
+    if features is None and tutorial_shape(x.shape[1:]):
+        print(f"Note: {path} has no 'features' (the MFCC recipe written by extract.py); "
+              f"assuming the tutorial recipe, extract.py's defaults")
     kind = resolve_split_kind(settings.split_by, tracks, path)
     unit_of_row, unit_labels = split_units(y, tracks if kind == "track" else None)
     empty = check_genre_sizes(unit_labels, mapping, kind, path)
@@ -378,7 +425,8 @@ def build_arrays(path, settings):
             f"test sets ({exc}): add data or change --val-split/--test-split"
         ) from None
     norm_min, norm_max = normalization_range(x[parts[0]])
-    arrays = {"mapping": np.array(mapping, dtype=str), "split_kind": np.array(kind)}
+    arrays = {"mapping": np.array(mapping, dtype=str), "split_kind": np.array(kind),
+              "features": np.array("" if features is None else json.dumps(features))}
     for name, rows in zip(SPLIT_NAMES, parts):
         arrays[f"X_{name}"] = normalize(x[rows], norm_min, norm_max)
         arrays[f"y_{name}"] = y[rows]
@@ -412,7 +460,7 @@ def write_cache(arrays, path):
 
 CACHE_KEYS = (
     [f"{kind}_{name}" for kind in ("X", "y", "tracks") for name in SPLIT_NAMES]
-    + ["mapping", "split_kind", "norm_min", "norm_max"]
+    + ["mapping", "split_kind", "norm_min", "norm_max", "features"]
     + list(fingerprint("", SplitSettings()))
 )
 
@@ -489,6 +537,7 @@ def load_data(json_path=JSON_PATH, cache_path=PREPROCESSED_DATA_PATH, settings=S
 
     arrays = prepare_cache(json_path, cache_path, settings, reprocess, log)
     tensors = {key: torch.from_numpy(arrays[key]) for key in CACHE_KEYS if key[:2] in ("X_", "y_")}
+    features, assumed = features_of(arrays)
     return PreparedData(
         x_train=tensors["X_train"], y_train=tensors["y_train"],
         x_val=tensors["X_val"], y_val=tensors["y_val"],
@@ -497,6 +546,7 @@ def load_data(json_path=JSON_PATH, cache_path=PREPROCESSED_DATA_PATH, settings=S
         norm_min=float(arrays["norm_min"]), norm_max=float(arrays["norm_max"]),
         split_kind=str(arrays["split_kind"]), tracks_test=arrays["tracks_test"].tolist(),
         source_sha256=str(arrays["source_sha256"]), split=stored_settings(arrays),
+        features=features, features_assumed=assumed,
     )
 
 

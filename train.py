@@ -219,6 +219,7 @@ def model_metadata(data, config):
         "split": {**dataclasses.asdict(data.split), "split_kind": data.split_kind},
         "source_sha256": data.source_sha256,
         "versions": library_versions(),
+        "features": data.features, "features_assumed": data.features_assumed,
     }
 
 
