@@ -393,6 +393,11 @@ def analyse_all(paths, features, workers, progress):
             raise
 
 
+def warn(line):
+    """Print line on stderr, first clearing a progress line there is on a terminal."""
+    print(("\r\033[K" if sys.stderr.isatty() else "") + line, file=sys.stderr)
+
+
 def make_progress(total, stream=sys.stderr):
     """A callback that redraws 'files done/total, elapsed, remaining' on a terminal."""
     start, done = time.perf_counter(), [0]
@@ -420,7 +425,7 @@ def collect(files, root, features, workers):
     for (label, path), track, (mfccs, reason) in zip(files, ids, results):
         if mfccs is None:
             name = path.relative_to(root).as_posix()
-            print(f"\rwarning: skipped {path}: {reason}", file=sys.stderr)
+            warn(f"warning: skipped {path}: {reason}")
             skipped.append((name, reason))
         else:
             kept.setdefault(label, []).append((track, mfccs))
@@ -654,7 +659,7 @@ def main(argv=None) -> int:
             ensure_demo_audio(audio_dir)
         mapping, kept, skipped, ignored = extract(audio_dir, output, args.features, args.workers)
     except DataError as exc:
-        print(f"\rerror: {exc}", file=sys.stderr)
+        warn(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
         print(f"\nInterrupted; {output} is unchanged.", file=sys.stderr)

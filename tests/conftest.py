@@ -104,3 +104,32 @@ def good_cache_bytes(tmp_path_factory):
     with contextlib.redirect_stdout(io.StringIO()):
         assert preprocess.main(["--data", str(json_path), "--cache", str(cache_path)]) == 0
     return cache_path.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic audio (extract.py)
+
+
+def synth_audio(seconds, sample_rate=22050, channels=1, seed=0):
+    """Deterministic float32 test audio: a seeded chord with beats, loudness changes and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    freqs = rng.uniform(80, min(4000, sample_rate / 3), size=(channels, 3))
+    tone = sum(np.sin(2 * np.pi * freqs[:, k, None] * t) for k in range(3))
+    # Loudness drifts over seconds, so that segments have different peaks (the dB floor is per
+    # segment) and some stretches are near silence.
+    envelope = (0.02 + np.abs(np.sin(np.pi * t / (1.7 + seed % 3)))) * (1 + np.sin(8 * t) ** 8)
+    signal = 0.3 * tone * envelope + 0.01 * rng.standard_normal((channels, t.size))
+    signal = (signal / np.abs(signal).max() * 0.9).astype(np.float32)
+    return signal[0] if channels == 1 else signal.T  # soundfile's layout: (frames, channels)
+
+
+def write_audio(path, seconds, sample_rate=22050, channels=1, seed=0, **options):
+    """Write synthetic audio with soundfile (format from the extension unless given)."""
+    import soundfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, synth_audio(seconds, sample_rate, channels, seed), sample_rate,
+                    **options)
+    return path
