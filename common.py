@@ -1,7 +1,8 @@
 """Helpers shared by every step of the pipeline (extract -> preprocess -> train -> predict).
 
 Nothing here imports torch, librosa or another script, so any script can use it and stay light:
-the error type that scripts turn into one line on stderr, atomic file writes, and argparse types.
+the error type that scripts turn into one line on stderr, atomic file writes, the checks that keep
+a script from replacing a file that is not its own, a lock on an output folder, and argparse helpers.
 """
 import argparse
 import contextlib
@@ -9,6 +10,9 @@ import errno
 import json
 import math
 import os
+import socket
+import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +23,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 STALE_TEMP_SECONDS = 600  # a temp file untouched this long, and unlocked, belongs to a dead writer
+# The first bytes of a zip file, and so of a NumPy .npz archive (the second: an empty archive).
+ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 class DataError(Exception):
@@ -59,13 +65,17 @@ def remove_stale_temp_files(path, now=None):
 
 
 def describe_write_error(path, exc, flag):
-    """One line for an OSError while writing path: full disk, read-only place, or other."""
-    flag_hint = f"pass another {flag}" if flag else "choose another location"
+    """One line for an OSError while writing path: full disk, read-only place, or other.
+
+    flag names the option that chose path; None when no option did (then: another folder).
+    """
+    elsewhere = f"pass another {flag}" if flag else "run the script from another folder"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"cannot write {Path(path).absolute()}: the disk is full: free some space or {flag_hint}"
+        return f"cannot write {Path(path).absolute()}: the disk is full: free some space or {elsewhere}"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {Path(path).absolute()} ({exc.strerror}): {flag_hint} in a writable place"
-    return f"cannot write {Path(path).absolute()} ({exc.strerror or exc}): {flag_hint}"
+        return (f"cannot write {Path(path).absolute()} ({exc.strerror}): {elsewhere} "
+                f"in a writable place")
+    return f"cannot write {Path(path).absolute()} ({exc.strerror or exc}): {elsewhere}"
 
 
 @contextlib.contextmanager
@@ -104,7 +114,121 @@ def write_json(obj, path, indent=None, flag=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# argparse types
+# Outputs: never replace a stranger's file, one run per output folder
+
+
+def check_archive_output(path, flag):
+    """Refuse an output path that holds something other than a NumPy archive (.npz).
+
+    The path may be absent, an empty file, or a zip file, damaged ones included so that a broken
+    cache is rebuilt; a folder, a device or any other file is someone else's and is never replaced.
+    """
+    path = Path(path).absolute()
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DataError(
+            f"{flag} {path} cannot be checked ({exc.strerror}): pass another {flag}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{flag} {path} is a folder: pass the path of a .npz file with {flag}")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{flag} {path} is not a regular file: pass the path of a .npz file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise DataError(f"{flag} {path} cannot be read ({exc.strerror}) to check that it is a "
+                        f"NumPy archive: pass another {flag}") from None
+    if head and head not in ZIP_SIGNATURES:
+        raise DataError(f"{flag} {path} exists and is not a NumPy archive (.npz), so it is not "
+                        f"replaced: pass another {flag} or move that file away")
+
+
+def check_output_folder(folder, flag, names):
+    """Refuse an output folder that is a file, is not writable, or holds a non-file at names.
+
+    Only files of the given names are ever written there, so a file of another name is never at
+    risk; a folder or device under one of those names would make the final write fail.
+    """
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == folder else f"is inside {existing}, which is a file"
+        raise DataError(f"{flag} {folder} {what}, not a folder: pass a folder with {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{flag} {folder}: {existing} is not writable: pass a writable {flag}")
+    for name in names:
+        entry = folder / name
+        if entry.is_symlink() or (entry.exists() and not entry.is_file()):
+            raise DataError(f"{entry} is not a regular file, so it is not replaced: move it away "
+                            f"or pass another {flag}")
+
+
+def describe_holder(text):
+    """The holder recorded in a lock file, as "pid 12 on host, since 2026-01-01 10:00:00"."""
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def _open_locked(path, flag, folder):
+    """Open and flock path without waiting; DataError naming the holder when another has it."""
+    while True:
+        handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = describe_holder(handle.read())
+            handle.close()
+            raise DataError(f"{flag} {folder} is in use by another training run ({holder}): wait "
+                            f"for it to finish or pass another {flag}") from None
+        except OSError as exc:  # a file system without locks: run, but say so
+            print(f"warning: cannot lock {path} ({exc.strerror}); make sure no other run writes "
+                  f"to {folder}", file=sys.stderr)
+            return handle
+        # A holder that finished removes the file; if that happened while this one was opening
+        # it, the lock is on a removed file and means nothing: start again with a new file.
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        handle.close()
+
+
+@contextlib.contextmanager
+def folder_lock(folder, name, flag):
+    """Hold an exclusive lock on folder for the block, through a lock file called name in it.
+
+    The lock file records the holder's pid, host and start time for the error message of a
+    second run. The lock is the flock, not the file's existence, so a file that a killed run
+    left behind does not block anyone; a run that ends normally removes it.
+    """
+    folder = Path(folder).absolute()
+    if fcntl is None:  # pragma: no cover - Windows: no flock
+        yield
+        return
+    path = folder / name
+    try:
+        handle = _open_locked(path, flag, folder)
+    except OSError as exc:
+        raise DataError(describe_write_error(path, exc, flag)) from None
+    try:
+        handle.truncate(0)
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                   "since": time.strftime("%Y-%m-%d %H:%M:%S %z")}, handle)
+        handle.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # still locked, so no other run can have taken it over
+        handle.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# argparse types and help
 
 
 def file_path(text):
@@ -112,6 +236,15 @@ def file_path(text):
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path")
     return text
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except the meaningless "(default: False)" of on/off flags."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0:  # store_true and friends take no value, so have no default to show
+            return action.help
+        return super()._get_help_string(action)
 
 
 def seed_value(text):

@@ -16,6 +16,7 @@ import math
 import re
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 import extract  # only for the MFCC recipe's schema: importing it needs no audio library
-from common import DataError, atomic_write, file_path, seed_value, write_json
+from common import (DataError, HelpFormatter, atomic_write, check_archive_output, file_path,
+                    seed_value, write_json)
 
 JSON_PATH = "data.json"  # input: {"mapping": [...], "labels": [...], "mfcc": [...], "tracks"?: [...]}
 PREPROCESSED_DATA_PATH = "preprocessed_data.npz"  # cache read by train.py
@@ -39,6 +41,11 @@ MIN_PER_GENRE = 3  # fewest segments (or tracks) per genre that a three-way spli
 SPLIT_NAMES = ("train", "val", "test")
 DEMO_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
 SPLIT_CHOICES = ("auto", "segment", "track")
+# The flag of each SplitSettings field (and its argparse dest, which differs for the seed).
+SPLIT_FLAGS = {"val_split": "--val-split", "test_split": "--test-split", "seed": "--split-seed",
+               "split_by": "--split-by"}
+SPLIT_DESTS = {"val_split": "val_split", "test_split": "test_split", "seed": "split_seed",
+               "split_by": "split_by"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,9 @@ class _Document(msgspec.Struct):
     """The typed shape of data.json; msgspec rejects wrong types with the path of the culprit."""
 
     mapping: list[str]
-    labels: list[int]
+    # Floats are allowed so that integral ones (1.0, as numpy arrays dumped to JSON often are) can
+    # be accepted; check_labels refuses the others.
+    labels: list[int | float]
     # Segments stay raw JSON here and are decoded one at a time into a float32 array, so the whole
     # file never exists as Python lists of floats (that would double the peak memory).
     mfcc: list[msgspec.Raw]
@@ -99,20 +108,30 @@ _KEY_HINTS = {
 # Reading and validating data.json
 
 
-def read_source(path):
-    """Return the bytes of the data file, or raise DataError saying how to get one."""
-    path = Path(path)
+def check_source(path, context=""):
+    """Raise DataError, naming the absolute path and --data, unless path is an existing file.
+
+    context is said after the path, e.g. why a missing cache makes the file necessary.
+    """
+    path = Path(path).absolute()
     if not path.exists():
         raise DataError(
-            f"{path} not found: create it with the MFCC extractor (see README, 'Making data.json') "
-            f"or try the built-in demo data with `python train.py --demo`"
+            f"--data {path} not found{context}: pass the path of your data.json with --data, "
+            f"create it with the MFCC extractor (see README, 'Making data.json'), or try the "
+            f"built-in demo data with --demo"
         )
     if not path.is_file():
-        raise DataError(f"{path} is not a file: pass the path of your data.json with --data")
+        raise DataError(f"--data {path} is not a file: pass the path of your data.json with --data")
+
+
+def read_source(path):
+    """Return the bytes of the data file, or raise DataError saying how to get one."""
+    check_source(path)
     try:
-        return path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
-        raise DataError(f"{path} cannot be read ({exc.strerror}): check its permissions") from None
+        raise DataError(f"--data {Path(path).absolute()} cannot be read ({exc.strerror}): check "
+                        f"its permissions") from None
 
 
 def decode_document(raw, path):
@@ -242,13 +261,33 @@ def to_segment_array(segments, path):
     return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def check_labels(labels, mapping, path):
-    """Return labels as int64 after checking each indexes the mapping."""
+def check_mapping(mapping, path):
+    """Refuse an empty genre list, a name listed twice, or one with a control character."""
     if not mapping:
         raise DataError(f"{path}: 'mapping' is empty: list the genre names, index = label")
     if len(set(mapping)) != len(mapping):
         name = next(m for i, m in enumerate(mapping) if m in mapping[:i])
         raise DataError(f"{path}: genre '{name}' appears twice in 'mapping': names must be unique")
+    for index, name in enumerate(mapping):
+        # A newline or tab in a name would break the one-genre-per-line reports and files.
+        if any(unicodedata.category(char) == "Cc" for char in name):
+            raise DataError(f"{path}: mapping[{index}] = {name!r} contains a control character "
+                            f"(such as a newline or tab): remove it from the genre name")
+
+
+def integral_labels(labels, path):
+    """The labels as Python ints; integral floats such as 1.0 count, 1.5 is an error."""
+    for index, label in enumerate(labels):
+        if isinstance(label, float) and not label.is_integer():
+            raise DataError(f"{path}: labels[{index}] = {label} is not a whole number: a label is "
+                            f"the integer index of a genre in 'mapping'")
+    return [int(label) for label in labels]
+
+
+def check_labels(labels, mapping, path):
+    """Return labels as int64 after checking each indexes the mapping."""
+    check_mapping(mapping, path)
+    labels = integral_labels(labels, path)
     huge = next((i for i, label in enumerate(labels) if not -2**63 <= label < 2**63), None)
     if huge is not None:  # msgspec accepts integers of any size; int64 does not
         raise DataError(
@@ -306,6 +345,7 @@ def load_dataset(path):
 
     Returns (x, y, mapping, tracks or None, features or None, raw sha256).
     """
+    path = Path(path).absolute()  # every message names the file it looked at in full
     raw = read_source(path)
     # hashlib releases the GIL, so the fingerprint is computed while msgspec parses.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -407,6 +447,7 @@ def normalize(x, norm_min, norm_max):
 
 def build_arrays(path, settings):
     """Load data.json, split and normalize it; return the cache's arrays (fingerprint included)."""
+    path = Path(path).absolute()  # every message names the file it looked at in full
     x, y, mapping, tracks, features, digest = load_dataset(path)
     if features is None and tutorial_shape(x.shape[1:]):
         print(f"Note: {path} has no 'features' (the MFCC recipe written by extract.py); "
@@ -481,11 +522,20 @@ def stored_settings(arrays):
                          int(arrays["seed"]), str(arrays["split_by"]))
 
 
-def settings_changes(arrays, settings):
-    """The split settings that differ between the cache and the request, as "key old -> new"."""
-    stored = {key: arrays[key].item() for key in ("val_split", "test_split", "seed", "split_by")}
+def changed_settings(arrays, settings):
+    """{field: (cached, requested)} for each split setting that differs from the cache's."""
+    stored = {key: arrays[key].item() for key in SPLIT_FLAGS}
     wanted = {key: getattr(settings, key) for key in stored}
-    return [f"{key} {stored[key]} -> {wanted[key]}" for key in stored if stored[key] != wanted[key]]
+    return {key: (stored[key], wanted[key]) for key in stored if stored[key] != wanted[key]}
+
+
+def settings_changes(arrays, settings, fields=None):
+    """The split settings that differ between the cache and the request, as "key old -> new".
+
+    fields, when given, limits the list to those SplitSettings fields.
+    """
+    return [f"{key} {old} -> {new}" for key, (old, new) in changed_settings(arrays, settings).items()
+            if fields is None or key in fields]
 
 
 def stale_reason(arrays, json_path, settings):
@@ -507,14 +557,37 @@ def file_sha256(path):
         raise DataError(f"{path} cannot be read ({exc.strerror}): check its permissions") from None
 
 
-def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print):
-    """Return the cache's arrays: reused when fresh, rebuilt (saying why) otherwise."""
+def use_cache_as_it_is(arrays, json_path, cache_path, settings, explicit, log):
+    """The cache's arrays when data.json is gone; DataError if an explicit setting cannot apply.
+
+    explicit names the SplitSettings fields given on the command line: those the cache cannot
+    honour are an error, while defaults that differ from the cache only earn a note.
+    """
+    changed = settings_changes(arrays, settings)
+    refused = settings_changes(arrays, settings, fields=explicit)
+    if refused:
+        flags = " and ".join(SPLIT_FLAGS[key] for key in changed_settings(arrays, settings)
+                             if key in explicit)
+        raise DataError(
+            f"--data {Path(json_path).absolute()} not found, so the cache "
+            f"{Path(cache_path).absolute()} cannot be rebuilt with {', '.join(refused)}: "
+            f"restore the data file (or pass it with --data), or drop {flags}"
+        )
+    ignored = f"; it cannot apply {', '.join(changed)}" if changed else ""
+    log(f"{Path(json_path).absolute()} not found; using the existing cache "
+        f"{Path(cache_path).absolute()} as it is{ignored}")
+    return arrays
+
+
+def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print, explicit=()):
+    """Return the cache's arrays: reused when fresh, rebuilt (saying why) otherwise.
+
+    explicit: the SplitSettings fields given on the command line (see use_cache_as_it_is).
+    """
+    check_archive_output(cache_path, "--cache")
     arrays = None if reprocess else read_cache(cache_path)
     if arrays is not None and not Path(json_path).is_file():
-        changed = settings_changes(arrays, settings)
-        ignored = f"; it cannot apply {', '.join(changed)}" if changed else ""
-        log(f"{json_path} not found; using the existing cache {cache_path} as it is{ignored}")
-        return arrays
+        return use_cache_as_it_is(arrays, json_path, cache_path, settings, explicit, log)
     if reprocess:
         reason = "rebuild requested"
     elif arrays is None:
@@ -524,6 +597,8 @@ def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print):
     if reason is None:
         log(f"Loaded preprocessed data from {cache_path}")
         return arrays
+    check_source(json_path, context=f" and the cache --cache {Path(cache_path).absolute()} "
+                                    f"cannot be used ({reason})")
     log(f"Preprocessing {json_path} -> {cache_path} ({reason})")
     arrays = build_arrays(json_path, settings)
     write_cache(arrays, cache_path)
@@ -531,11 +606,14 @@ def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print):
 
 
 def load_data(json_path=JSON_PATH, cache_path=PREPROCESSED_DATA_PATH, settings=SplitSettings(),
-              reprocess=False, log=print):
-    """Return PreparedData for train.py, preprocessing first when the cache is missing or stale."""
+              reprocess=False, log=print, explicit=()):
+    """Return PreparedData for train.py, preprocessing first when the cache is missing or stale.
+
+    explicit: the SplitSettings fields given on the command line (see use_cache_as_it_is).
+    """
     import torch  # imported here so that `python preprocess.py` stays light and fast
 
-    arrays = prepare_cache(json_path, cache_path, settings, reprocess, log)
+    arrays = prepare_cache(json_path, cache_path, settings, reprocess, log, explicit)
     tensors = {key: torch.from_numpy(arrays[key]) for key in CACHE_KEYS if key[:2] in ("X_", "y_")}
     features, assumed = features_of(arrays)
     return PreparedData(
@@ -616,7 +694,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Validate data.json, normalize it to [0, 1] and write a stratified "
                     "train/validation/test split to a compressed .npz cache.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--data", type=file_path, default=JSON_PATH, help="input JSON file")
     parser.add_argument("--cache", type=file_path, default=PREPROCESSED_DATA_PATH,
@@ -632,18 +710,30 @@ def parse_args(argv=None):
     return args
 
 
-def add_split_arguments(parser):
-    """The split flags, shared with train.py."""
-    parser.add_argument("--val-split", type=split_fraction, default=VALIDATION_SPLIT,
+def add_split_arguments(parser, defaults=True):
+    """The split flags, shared with train.py; without defaults, absent flags stay unset."""
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--val-split", type=split_fraction, default=default(VALIDATION_SPLIT),
                         help="fraction of all data used for validation")
-    parser.add_argument("--test-split", type=split_fraction, default=TEST_SPLIT,
+    parser.add_argument("--test-split", type=split_fraction, default=default(TEST_SPLIT),
                         help="fraction of all data held out for testing")
-    parser.add_argument("--split-seed", type=seed_value,
-                        default=RANDOM_STATE,
+    parser.add_argument("--split-seed", type=seed_value, default=default(RANDOM_STATE),
                         help="random_state of the train/validation/test split")
-    parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=SPLIT_BY,
+    parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=default(SPLIT_BY),
                         help="keep each track's segments in one split ('auto': when data.json "
                              "has 'tracks')")
+
+
+def given_split_settings(parser, argv=None):
+    """The SplitSettings fields whose flags argv gives explicitly, even if at their defaults.
+
+    parser has the split flags without defaults (add_split_arguments(..., defaults=False)), so
+    only the flags actually on the command line end up in the parsed namespace.
+    """
+    given = vars(parser.parse_args(argv))
+    return frozenset(field for field, dest in SPLIT_DESTS.items() if dest in given)
 
 
 def check_split_arguments(parser, args):
@@ -686,6 +776,7 @@ def main(argv=None) -> int:
     json_path, cache_path = demo_paths() if args.demo else (args.data, args.cache)
     start = time.perf_counter()
     try:
+        check_archive_output(cache_path, "--cache")
         if args.demo:
             ensure_demo_data(json_path)
         arrays = build_arrays(json_path, split_settings(args))

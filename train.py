@@ -26,7 +26,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from torch import nn
 
 import preprocess
-from common import DataError, at_least, atomic_write, file_path, seed_value, write_json
+from common import (DataError, HelpFormatter, at_least, atomic_write, check_output_folder,
+                    describe_write_error, file_path, folder_lock, seed_value, write_json)
 
 MODEL_SAVE_PATH = "saved_models"  # folder for checkpoints, genre mapping, history and metrics
 EPOCHS = 30  # maximum training epochs
@@ -46,6 +47,9 @@ FINAL_MODEL_FILE = "final_model_pytorch.pt"
 MAPPING_FILE = "genre_mapping.json"
 HISTORY_FILE = "training_history.json"
 METRICS_FILE = "test_metrics.json"
+LOCK_FILE = ".train.lock"  # exists while a run writes to the folder; names its pid, host, start
+MODEL_DIR_FILES = (BEST_MODEL_FILE, FINAL_MODEL_FILE, MAPPING_FILE, HISTORY_FILE, METRICS_FILE,
+                   LOCK_FILE)  # the only names train.py ever writes in --model-dir
 RULE = "-" * 60
 
 
@@ -92,8 +96,8 @@ class GenreClassifier(nn.Module):
 
     def forward(self, x):
         """Logits of shape (N, num_classes) for input of shape (N, C, H, W)."""
-        # Max-pooling commutes with ReLU (both are monotone), so pooling first gives exactly the
-        # design's conv -> ReLU -> pool while applying ReLU to a quarter of the values.
+        # Max-pooling commutes with ReLU (both are monotone), so pooling first gives exactly
+        # conv -> ReLU -> pool while applying ReLU to a quarter of the values.
         x = self.drop1(self.bn1(torch.relu(self.pool1(self.conv1(x)))))
         x = self.drop2(self.bn2(torch.relu(self.pool2(self.conv2(x)))))
         x = self.drop3(self.bn3(torch.relu(self.fc1(self.flatten(x)))))
@@ -125,7 +129,7 @@ def resolve_device(name):
 
 
 def describe_device(device, requested):
-    """The design's one-line GPU report."""
+    """One line saying whether training runs on a GPU, and which."""
     if device.type == "cuda":
         return f"✓ GPU detected: {torch.cuda.get_device_name(device)}"
     if torch.cuda.is_available():
@@ -165,11 +169,9 @@ def train_one_epoch(model, optimizer, x, y, config, generator, show_progress=Fal
     order = torch.randperm(len(y), generator=generator).to(y.device)
     loss_sum = torch.zeros((), device=y.device)
     correct = torch.zeros((), dtype=torch.long, device=y.device)
-    batches, seen = range(0, len(y), config.batch_size), 0
-    for step, start in enumerate(batches, 1):
-        rows = order[start : start + config.batch_size]
-        if len(rows) < 2:
-            break  # batch norm cannot normalize a batch of one sample in training mode
+    batches, seen = batch_bounds(len(y), config.batch_size), 0
+    for step, (start, stop) in enumerate(batches, 1):
+        rows = order[start:stop]
         logits = model(x[rows])
         loss = F.cross_entropy(logits, y[rows])
         optimizer.zero_grad(set_to_none=True)
@@ -185,6 +187,18 @@ def train_one_epoch(model, optimizer, x, y, config, generator, show_progress=Fal
     if show_progress:
         print("\r" + " " * 30 + "\r", end="", flush=True)
     return loss_sum.item() / seen, correct.item() / seen
+
+
+def batch_bounds(n, batch_size):
+    """(start, stop) of each training batch of n rows; a lone last row joins the batch before.
+
+    Batch norm cannot normalize a batch of one sample in training mode, and dropping that sample
+    would leave one segment out of every epoch.
+    """
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 @torch.no_grad()
@@ -387,7 +401,7 @@ def compute_test_metrics(model, splits, data, best_epoch):
 
 
 def print_test_results(metrics):
-    """The design's test report, plus the track-level vote when tracks are known."""
+    """Test loss, accuracy and per-genre accuracy, plus the track-level vote when tracks are known."""
     print("\nTest Results:")
     print(f"  Loss: {metrics['loss']:.4f}")
     print(f"  Accuracy: {metrics['accuracy']:.2%}")
@@ -426,9 +440,9 @@ def save_artifacts(model, data, config, history, metrics, model_dir):
     save_checkpoint({"model_state_dict": model.state_dict(), "epoch": metrics["epoch"],
                      **model_metadata(data, config), **test_summary(metrics)},
                     paths[FINAL_MODEL_FILE])
-    write_json(list(data.mapping), paths[MAPPING_FILE], indent=2)
-    write_json(history, paths[HISTORY_FILE], indent=2)
-    write_json(metrics, paths[METRICS_FILE], indent=2)
+    write_json(list(data.mapping), paths[MAPPING_FILE], indent=2, flag="--model-dir")
+    write_json(history, paths[HISTORY_FILE], indent=2, flag="--model-dir")
+    write_json(metrics, paths[METRICS_FILE], indent=2, flag="--model-dir")
     return [model_dir / BEST_MODEL_FILE] + list(paths.values())
 
 
@@ -452,11 +466,11 @@ def device_name(text):
     return text
 
 
-def parse_args(argv=None):
-    """Parse the command line."""
+def build_parser(split_defaults=True):
+    """The command-line parser; split_defaults=False leaves absent split flags unset."""
     parser = argparse.ArgumentParser(
         description="Train the CNN music-genre classifier on MFCC segments and test it per genre.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     path = file_path
     parser.add_argument("--data", type=path, default=preprocess.JSON_PATH, help="input JSON file")
@@ -481,10 +495,17 @@ def parse_args(argv=None):
                         help="seed of weights, dropout, shuffling")
     parser.add_argument("--device", type=device_name, default="auto",
                         help="auto (CUDA when available), cpu, cuda or cuda:N")
-    preprocess.add_split_arguments(parser)
+    preprocess.add_split_arguments(parser, split_defaults)
     parser.add_argument("--demo", action="store_true",
                         help=f"train on generated demo data; everything goes to {preprocess.DEMO_DIR}/")
+    return parser
+
+
+def parse_args(argv=None):
+    """Parse the command line; args.explicit_split names the split settings given in it."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    args.explicit_split = preprocess.given_split_settings(build_parser(split_defaults=False), argv)
     preprocess.check_split_arguments(parser, args)
     preprocess.check_distinct(parser, args.data, args.cache, "--cache")
     defaults = (preprocess.JSON_PATH, preprocess.PREPROCESSED_DATA_PATH, MODEL_SAVE_PATH)
@@ -513,15 +534,12 @@ def prepare_model_dir(model_dir):
     try:
         Path(model_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(
-            f"cannot create {model_dir} ({exc.strerror}): pass a writable --model-dir"
-        ) from None
-    if not os.access(model_dir, os.W_OK):
-        raise DataError(f"{model_dir} is not writable: pass a writable --model-dir")
+        raise DataError(describe_write_error(model_dir, exc, "--model-dir")) from None
+    check_output_folder(model_dir, "--model-dir", MODEL_DIR_FILES)
 
 
 def print_configuration(data, model, device, config):
-    """The design's model and settings report."""
+    """The input shape, classes, model, parameter count and optimization settings."""
     channels, height, width = data.x_train.shape[1:]
     print("\nModel configuration:")
     print(f"  Input shape: (C={channels}, H={height}, W={width})")
@@ -560,16 +578,20 @@ def run(args):
     print("=" * 60 + "\nPyTorch Training Pipeline for Music Genre Classification\n" + "=" * 60)
     print(describe_device(device, args.device))
     json_path, cache_path, model_dir = resolve_paths(args)
-    settings = preprocess.split_settings(args)
-    data = preprocess.load_data(json_path, cache_path, settings, reprocess=args.reprocess)
+    # Checked before preprocessing, which can take a while, so that a wrong path fails at once.
+    check_output_folder(model_dir, "--model-dir", MODEL_DIR_FILES)
+    data = preprocess.load_data(json_path, cache_path, preprocess.split_settings(args),
+                                reprocess=args.reprocess, explicit=args.explicit_split)
     config = train_config(args)
     set_seed(config.seed)
     model = build_model(data, device)
     prepare_model_dir(model_dir)
-    print_configuration(data, model, device, config)
-    splits = to_device(data, device)
-    history, best, interrupted = fit(model, splits, data, config, model_dir, sys.stdout.isatty())
-    return finish(model, best, splits, data, config, history, model_dir, interrupted)
+    with folder_lock(model_dir, LOCK_FILE, "--model-dir"):
+        print_configuration(data, model, device, config)
+        splits = to_device(data, device)
+        history, best, interrupted = fit(model, splits, data, config, model_dir,
+                                         sys.stdout.isatty())
+        return finish(model, best, splits, data, config, history, model_dir, interrupted)
 
 
 def main(argv=None) -> int:

@@ -286,11 +286,11 @@ def test_changed_split_settings_trigger_a_rebuild(cached, setting, value, effect
 
 
 @pytest.mark.parametrize("corrupt", [
-    lambda good: b"this is not an npz file at all" * 10,
+    lambda good: good[:40] + b"\x00 garbage after the zip header" * 10,
     lambda good: good[: len(good) // 2],
     lambda good: b"",
     lambda good: good[:-10],
-], ids=["garbage", "truncated-half", "empty", "truncated-tail"])
+], ids=["garbage-in-a-zip", "truncated-half", "empty", "truncated-tail"])
 def test_corrupt_cache_is_rebuilt(cached, corrupt):
     json_path, cache_path, _ = cached
     good = load_npz(cache_path)
@@ -518,7 +518,7 @@ def json_with_token(d, token):
 
 BAD_INPUTS = [
     # id, turn good data (dict) into what data.json holds, extra arguments, patterns for stderr
-    ("missing", lambda d: MISSING, [], [r"data\.json", r"not found", r"demo"]),
+    ("missing", lambda d: MISSING, [], [r"--data /\S+/data\.json not found", r"demo"]),
     ("directory", lambda d: DIRECTORY, [], [r"not a file"]),
     ("not-utf8", lambda d: json.dumps(with_value(d, ["mapping", 0], "g\u00e9nre"),
                                       ensure_ascii=False).encode("latin-1"), [], [r"UTF-8"]),
@@ -557,7 +557,12 @@ BAD_INPUTS = [
      [r"mfcc\[4\]", r"Infinity"]),
     ("1e999", lambda d: json_with_token(d, "1e999"), [], [r"mfcc\[4\]", r"infinite"]),
     ("beyond-float32", lambda d: json_with_token(d, "1e39"), [], [r"mfcc\[4\]", r"infinite"]),
-    ("label-float", lambda d: with_value(d, ["labels", 2], 1.5), [], [r"labels\[2\]", r"int"]),
+    ("label-float", lambda d: with_value(d, ["labels", 2], 1.5), [],
+     [r"labels\[2\] = 1\.5", r"not a whole number", r"integer"]),
+    ("genre-with-newline", lambda d: with_value(d, ["mapping", 1], "hip\nhop"), [],
+     [r"mapping\[1\]", r"'hip\\nhop'", r"control character"]),
+    ("genre-with-tab", lambda d: with_value(d, ["mapping", 2], "jazz\t"), [],
+     [r"mapping\[2\]", r"control character"]),
     ("label-true", lambda d: with_value(d, ["labels", 2], True), [], [r"labels\[2\]", r"int"]),
     ("label-string", lambda d: with_value(d, ["labels", 2], "1"), [], [r"labels\[2\]", r"int"]),
     ("label-too-big", lambda d: with_value(d, ["labels", 2], 3), [],
@@ -573,7 +578,7 @@ BAD_INPUTS = [
      [r"tracks", r"\b29\b", r"\b30\b"]),
     ("one-genre-only", lambda d: drop(subset(d, range(10)), "tracks"), [],
      [r"only one genre", r"at least two"]),
-    ("output-is-a-directory", lambda d: d, ["--cache", "."], [r"cannot write", r"--cache"]),
+    ("output-is-a-directory", lambda d: d, ["--cache", "."], [r"--cache /\S+ is a folder"]),
     ("track-with-two-labels", lambda d: with_value(d, ["tracks", 4], d["tracks"][12]), [],
      [r"track 'demo1\.00002'", r"labels"]),
     ("split-by-track-without-tracks", lambda d: drop(d, "tracks"), ["--split-by", "track"],
