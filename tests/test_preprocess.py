@@ -837,3 +837,23 @@ def test_temp_files_of_concurrent_writers_have_unique_names(tmp_path):
     with common.atomic_write(target, "w"), common.atomic_write(target, "w"):
         temps = list(tmp_path.glob(".out.json.*.tmp"))  # two, both beside the target
     assert len(temps) == 2
+
+
+def test_integral_float_labels_are_accepted_as_integers(make_data, build_cache):
+    data = make_data()
+    as_ints = build_cache(data, output="ints.npz")
+    data["labels"] = [float(label) for label in data["labels"]]  # as numpy arrays dump to JSON
+    as_floats = build_cache(data, output="floats.npz")
+    for key in ("y_train", "y_val", "y_test", "tracks_test"):
+        assert as_floats[key].dtype == as_ints[key].dtype
+        assert as_floats[key].tolist() == as_ints[key].tolist()
+
+
+@pytest.mark.parametrize("script", ["preprocess", "train"])
+def test_help_shows_no_default_for_on_off_flags(script, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--demo" in out and "(default: False)" not in out
+    assert "(default: 0.2)" in out  # the formatter still shows real defaults

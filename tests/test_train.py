@@ -398,3 +398,31 @@ def test_end_to_end_preprocesses_then_reuses_the_cache(workdir, monkeypatch, cap
     assert train.main(command[2:]) == 0, capsys.readouterr().err
     second = capsys.readouterr().out
     assert "Loaded preprocessed data" in second and "Preprocessing" not in second
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [
+    (9, 4, [4, 5]),  # 9 % 4 == 1: the lone ninth row joins the second batch
+    (10, 4, [4, 4, 2]),
+    (8, 4, [4, 4]),
+    (3, 2, [3]),
+    (65, 64, [65]),
+    (129, 64, [64, 65]),
+])
+def test_batches_cover_every_row_and_never_hold_one_alone(n, batch_size, sizes):
+    bounds = train.batch_bounds(n, batch_size)
+    assert [stop - start for start, stop in bounds] == sizes
+    assert [start for start, _ in bounds] == list(np.cumsum([0] + sizes[:-1]))
+
+
+def test_every_training_segment_is_used_every_epoch_when_one_is_left_over():
+    torch.manual_seed(0)
+    x, y = torch.randn(9, 1, 16, 8), torch.arange(9) % 3  # 9 % 4 == 1
+    model = train.GenreClassifier(1, 16, 8, 3)
+    seen = []
+    model.conv1.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    config = train.TrainConfig(batch_size=4)
+    train.train_one_epoch(model, optimizer, x, y, config, torch.Generator().manual_seed(0))
+    assert [len(batch) for batch in seen] == [4, 5]
+    rows = torch.cat(seen).flatten(1)
+    assert sorted(rows[:, 0].tolist()) == sorted(x.flatten(1)[:, 0].tolist())  # each row once
