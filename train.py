@@ -4,10 +4,13 @@ Usage:
     python train.py                       # data.json -> preprocessed_data.npz -> saved_models/
     python train.py --demo                # the same on generated demo data, everything in demo/
     python train.py --epochs 50 --batch-size 32 --device cuda --seed 1
+    python train.py --plots-only saved_models     # redraw the pictures of an earlier run
 
 The cache is built (or rebuilt, when data.json or the split settings changed) by preprocess.py.
 After training, the best weights by validation loss are restored, tested per genre, and saved with
 everything inference needs; `load_model` rebuilds the classifier from `final_model_pytorch.pt`.
+Pictures of the run (training curves, confusion matrices) are drawn by plots.py when matplotlib is
+installed.
 """
 import argparse
 import dataclasses
@@ -15,6 +18,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
+import plots
 import preprocess
 from common import (DataError, HelpFormatter, at_least, atomic_write, check_output_folder,
                     describe_write_error, file_path, folder_lock, seed_value, write_json)
@@ -41,6 +46,7 @@ CONV_DROPOUT = 0.35  # Dropout2d after each convolutional block
 FC_DROPOUT = 0.7  # Dropout before the output layer
 EVAL_BATCH_CPU = 64  # evaluation batch on CPU: small batches stay in cache (4x faster than 1024)
 EVAL_BATCH_CUDA = 4096  # evaluation batch on GPU: few, large kernel launches
+MAKE_PLOTS = True  # draw training_curves.png and confusion_matrix.png after testing
 
 BEST_MODEL_FILE = "best_model_pytorch.pt"
 FINAL_MODEL_FILE = "final_model_pytorch.pt"
@@ -48,8 +54,9 @@ MAPPING_FILE = "genre_mapping.json"
 HISTORY_FILE = "training_history.json"
 METRICS_FILE = "test_metrics.json"
 LOCK_FILE = ".train.lock"  # exists while a run writes to the folder; names its pid, host, start
+PICTURE_FILES = (plots.CURVES_FILE, plots.CONFUSION_FILE)  # drawn after testing (or --plots-only)
 MODEL_DIR_FILES = (BEST_MODEL_FILE, FINAL_MODEL_FILE, MAPPING_FILE, HISTORY_FILE, METRICS_FILE,
-                   LOCK_FILE)  # the only names train.py ever writes in --model-dir
+                   LOCK_FILE, *PICTURE_FILES)  # the only names train.py ever writes in --model-dir
 RULE = "-" * 60
 
 
@@ -377,11 +384,12 @@ def track_scores(probabilities, y_true, tracks, mapping):
     label_of = {genre: label for label, genre in enumerate(mapping)}
     y_track = np.array([label_of[t["true_genre"]] for t in described])
     y_vote = np.array([label_of[t["predicted_genre"]] for t in described])
-    genres, _ = per_genre_scores(y_track, y_vote, mapping)
+    genres, matrix = per_genre_scores(y_track, y_vote, mapping)
     return {
         "accuracy": float(accuracy_score(y_track, y_vote)),
         "correct": int((y_track == y_vote).sum()), "total": len(described),
         "per_genre": {g: {k: s[k] for k in ("accuracy", "correct", "total")} for g, s in genres.items()},
+        "confusion_matrix": matrix,
         "tracks": described,
     }
 
@@ -498,6 +506,10 @@ def build_parser(split_defaults=True):
     preprocess.add_split_arguments(parser, split_defaults)
     parser.add_argument("--demo", action="store_true",
                         help=f"train on generated demo data; everything goes to {preprocess.DEMO_DIR}/")
+    parser.add_argument("--no-plots", dest="plots", action="store_false", default=MAKE_PLOTS,
+                        help=f"skip {plots.CURVES_FILE} and {plots.CONFUSION_FILE}")
+    parser.add_argument("--plots-only", metavar="MODEL_DIR", type=path,
+                        help="only redraw the pictures of that model folder from its JSON files")
     return parser
 
 
@@ -506,6 +518,8 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit_split = preprocess.given_split_settings(build_parser(split_defaults=False), argv)
+    if args.plots_only and (args.demo or not args.plots):
+        parser.error("--plots-only redraws the folder it names: drop --demo and --no-plots")
     preprocess.check_split_arguments(parser, args)
     preprocess.check_distinct(parser, args.data, args.cache, "--cache")
     defaults = (preprocess.JSON_PATH, preprocess.PREPROCESSED_DATA_PATH, MODEL_SAVE_PATH)
@@ -565,6 +579,8 @@ def finish(model, best, splits, data, config, history, model_dir, interrupted):
           f"val_acc {best['val_accuracy']:.2%})")
     metrics = compute_test_metrics(model, splits, data, best["epoch"])
     metrics["interrupted"] = interrupted
+    # Only early stopping ends an uninterrupted run before its last epoch.
+    metrics["early_stopped"] = not interrupted and len(history["loss"]) < config.epochs
     print_test_results(metrics)
     print("\nSaved:")
     for path in save_artifacts(model, data, config, history, metrics, model_dir):
@@ -591,14 +607,47 @@ def run(args):
         splits = to_device(data, device)
         history, best, interrupted = fit(model, splits, data, config, model_dir,
                                          sys.stdout.isatty())
-        return finish(model, best, splits, data, config, history, model_dir, interrupted)
+        status = finish(model, best, splits, data, config, history, model_dir, interrupted)
+        if args.plots and best is not None:
+            draw_plots(model_dir)
+        return status
+
+
+def draw_plots(model_dir):
+    """Draw the run's pictures and list them; without matplotlib, one line says how to get them."""
+    try:
+        paths = plots.draw_run(model_dir)
+    except ImportError:
+        print(f"warning: matplotlib is not installed, so no pictures were drawn: pip install "
+              f"matplotlib, then python train.py --plots-only {shlex.quote(str(model_dir))}",
+              file=sys.stderr)
+        return
+    for path in paths:
+        print(f"  {path}")
+
+
+def redraw(model_dir):
+    """--plots-only: draw the pictures of an existing model folder, without training."""
+    if not Path(model_dir).is_dir():
+        raise DataError(f"--plots-only {model_dir} is not a folder: pass a model folder written "
+                        f"by train.py")
+    check_output_folder(model_dir, "--plots-only", PICTURE_FILES)
+    with folder_lock(model_dir, LOCK_FILE, "--plots-only"):
+        try:
+            paths = plots.draw_run(model_dir)
+        except ImportError:
+            raise UsageError("--plots-only needs matplotlib: pip install matplotlib") from None
+    print("Saved:")
+    for path in paths:
+        print(f"  {path}")
+    return 0
 
 
 def main(argv=None) -> int:
     """Run training; exit status 2 on bad input, 130 when interrupted."""
     args = parse_args(argv)
     try:
-        return run(args)
+        return redraw(args.plots_only) if args.plots_only else run(args)
     except (DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

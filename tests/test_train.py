@@ -29,8 +29,9 @@ def workdir(tmp_path):
 
 def run_train(folder, *args):
     """train.main on folder's data.json, cache and model folder; returns the exit status."""
+    # Pictures are tested in test_plots.py; drawing them in every run here would only cost time.
     paths = ["--data", folder / "data.json", "--cache", folder / "cache.npz",
-             "--model-dir", folder / "models", "--device", "cpu"]
+             "--model-dir", folder / "models", "--device", "cpu", "--no-plots"]
     return train.main([str(a) for a in [*paths, *args]])
 
 
@@ -153,7 +154,8 @@ def test_early_stopping_fires_patience_epochs_after_the_best(tmp_path, capsys):
     assert "Early stopping:" in capsys.readouterr().out
     models = tmp_path / "models"
     assert_same_weights(weights(models / train.FINAL_MODEL_FILE), weights(models / train.BEST_MODEL_FILE))
-    assert read_json(models / train.METRICS_FILE)["epoch"] == best_epoch
+    metrics = read_json(models / train.METRICS_FILE)
+    assert metrics["epoch"] == best_epoch and metrics["early_stopped"] is True
 
 
 def test_best_weights_are_restored_without_early_stopping(workdir, capsys):
@@ -328,7 +330,7 @@ def test_interrupt_restores_and_saves_the_best_weights(workdir, monkeypatch, cap
     assert run_train(workdir, "--epochs", "10") == 130
     models = workdir / "models"
     metrics = read_json(models / train.METRICS_FILE)
-    assert metrics["interrupted"] is True
+    assert metrics["interrupted"] is True and metrics["early_stopped"] is False
     assert len(read_json(models / train.HISTORY_FILE)["loss"]) == 2
     assert_same_weights(weights(models / train.FINAL_MODEL_FILE), weights(models / train.BEST_MODEL_FILE))
     assert "interrupted" in capsys.readouterr().out
@@ -386,7 +388,8 @@ def test_too_small_segments_exit_2_before_training(tmp_path, capsys):
 
 
 def test_end_to_end_preprocesses_then_reuses_the_cache(workdir, monkeypatch, capsys):
-    command = [sys.executable, str(ROOT / "train.py"), "--epochs", "2", "--device", "cpu"]
+    command = [sys.executable, str(ROOT / "train.py"), "--epochs", "2", "--device", "cpu",
+               "--no-plots"]
     first = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "Preprocessing" in first.stdout and "data.json" in first.stdout
