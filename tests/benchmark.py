@@ -10,7 +10,7 @@ Without --data it writes a GTZAN-sized data.json (10 genres, 10,000 segments of 
 precision floats, json.dump(indent=4), about 640 MB) once into the system temp folder and reuses it.
 Project and baseline run alternately, each in its own subprocess: preprocessing is measured by wall
 time and the child's peak RSS (os.wait4), training by the median seconds per epoch of epochs 2..E.
-The ratios project/baseline are compared with the targets of issue 5. Benchmarks report, they do
+The ratios project/baseline are compared with the TARGETS below. Benchmarks report, they do
 not fail: the exit status is 0 (2 on bad arguments, 1 when a child process fails). POSIX only.
 """
 import argparse
@@ -33,7 +33,7 @@ import preprocess  # noqa: E402  (the one synthetic-data generator)
 
 ROUNDS = 3  # alternating project/baseline rounds; the report uses their medians
 EPOCHS = 4  # epochs per training run; epoch 1 is warm-up, so the median covers 2..EPOCHS
-CUDA_FULL_EPOCHS = 30  # length of the full GPU run that issue 5 times (target: under 15 s)
+CUDA_FULL_EPOCHS = 30  # a full-length GPU run, timed whole (target: under 15 s)
 SEGMENTS = 10_000  # GTZAN: 1,000 tracks x 10 segments
 DATA_DIR = Path(tempfile.gettempdir()) / "genre-benchmark"  # generated input, kept between runs
 EPOCH_TIME = re.compile(r"Epoch time: ([\d.]+)s")  # printed by train.py and by the baseline
@@ -316,7 +316,7 @@ def positive_int(text):
 def parse_args(argv=None):
     """Parse the command line."""
     parser = argparse.ArgumentParser(
-        description="Compare preprocess.py and train.py with plain baselines (issue 5 targets).",
+        description="Compare preprocess.py and train.py with plain baselines and their targets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data", type=Path, help="input data.json (default: generated, GTZAN-sized)")

@@ -41,7 +41,7 @@ def without_tracks(data):
 
 
 def reference_segment_split(y, val=0.2, test=0.1, seed=42):
-    """The split the requirements prescribe, made with sklearn directly."""
+    """The stratified 70/20/10 split (test first, then validation), made with sklearn directly."""
     idx = np.arange(len(y))
     rest, test_idx = train_test_split(idx, test_size=test, stratify=y, random_state=seed)
     train_idx, val_idx = train_test_split(
@@ -209,7 +209,7 @@ def test_cache_loads_without_pickle_with_documented_keys_and_dtypes(make_data, b
         x, y = cache[f"X_{name}"], cache[f"y_{name}"]
         assert x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == (1, 8, 4)
         assert y.dtype == np.int64 and len(y) == len(x)
-        assert len(cache[f"tracks_{name}"]) == len(y)  # issue 6: the track id of every row
+        assert len(cache[f"tracks_{name}"]) == len(y)  # the track id of every row
     assert sum(len(cache[f"y_{s}"]) for s in SPLITS) == len(data["labels"])
     assert cache["mapping"].dtype.kind == "U"
     assert cache["mapping"].tolist() == data["mapping"]
@@ -655,7 +655,7 @@ def test_genre_without_segments_is_allowed_with_one_warning(make_data, write_dat
 
 
 # ---------------------------------------------------------------------------------------------
-# Track split (issue 6)
+# Track split
 
 
 @pytest.fixture
