@@ -111,7 +111,7 @@ def test_a_second_run_into_a_locked_model_folder_names_the_folder_and_the_holder
     models.mkdir()
     with common.folder_lock(models, train.LOCK_FILE, "--model-dir"):
         # flock locks belong to an open file, so this process's second open conflicts too.
-        assert run_main(train, "--model-dir", "models", "--epochs", 1, "--device", "cpu") == 2
+        assert run_main(train, "--model-dir", "models", "--epochs", 1, "--device", "cpu", "--no-plots") == 2
         line, out = one_error_line(capsys)
     assert f"--model-dir {models} is in use" in line
     assert f"pid {os.getpid()} on {socket.gethostname()}" in line
@@ -133,11 +133,12 @@ def test_training_locks_the_model_folder_and_writes_only_its_own_names(workdir, 
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(train, "fit", fit_while_another_tries)
-    assert run_main(train, "--model-dir", "models", "--epochs", 1, "--device", "cpu") == 0
+    assert run_main(train, "--model-dir", "models", "--epochs", 1, "--device", "cpu", "--no-plots") == 0
     assert holders[0]["pid"] == os.getpid() and holders[0]["host"] == socket.gethostname()
     assert (models / "notes.txt").read_text() == "keep me"
     written = {p.name for p in models.iterdir()} - {"notes.txt"}
-    assert written == set(train.MODEL_DIR_FILES) - {train.LOCK_FILE}  # the lock file is gone
+    # Everything but the lock file (gone) and the pictures (--no-plots).
+    assert written == set(train.MODEL_DIR_FILES) - {train.LOCK_FILE, *train.PICTURE_FILES}
 
 
 def test_a_lock_file_left_by_a_killed_run_does_not_block(tmp_path):
@@ -173,7 +174,7 @@ def cache_without_data(workdir):
 
 def test_an_explicit_split_flag_the_cache_cannot_honour_is_an_error(cache_without_data, capsys):
     before = snapshot(cache_without_data.parent)
-    assert run_main(train, "--split-seed", 7, "--epochs", 1, "--device", "cpu") == 2
+    assert run_main(train, "--split-seed", 7, "--epochs", 1, "--device", "cpu", "--no-plots") == 2
     line, out = one_error_line(capsys)
     assert "--split-seed" in line and "seed 42 -> 7" in line
     assert str(cache_without_data) in line and str(cache_without_data.parent / "data.json") in line
@@ -228,7 +229,7 @@ def test_every_write_in_a_read_only_place_names_its_flag(workdir, capsys, monkey
         return real_mkstemp(*args, prefix=prefix, **kwargs)
 
     monkeypatch.setattr(common.tempfile, "mkstemp", read_only_for)
-    assert run_main(train, "--model-dir", "models", "--epochs", 1, "--device", "cpu") == 2
+    assert run_main(train, "--model-dir", "models", "--epochs", 1, "--device", "cpu", "--no-plots") == 2
     line, _ = one_error_line(capsys)
     path = workdir / failing if flag == "--cache" else workdir / "models" / failing
     assert f"cannot write {path} (Read-only file system): pass another {flag}" in line
