@@ -1,0 +1,412 @@
+"""Name the genre of songs with a trained model, featurizing them exactly as its training data was.
+
+Usage:
+    python predict.py song.mp3 other.wav some_folder/     # folders: their audio files, sorted
+    python predict.py --model demo/saved_models/final_model_pytorch.pt --device cpu song.wav
+    python predict.py --json songs/ > genres.json
+
+Each file is decoded and cut into segments with the MFCC recipe stored in the model (through
+extract.py's own code), scaled with the model's training range, and every full segment of the whole
+song is classified. The song's genre is the majority vote of its segments, ties going to the higher
+mean probability: the rule of train.py's track-level test. In a notebook:
+
+    import predict
+    clf = predict.load_classifier("saved_models/final_model_pytorch.pt", device="cpu")
+    predict.predict_file(clf, "song.mp3")["genre"]
+    predict.predict_signal(clf, samples, sample_rate)     # a NumPy array of audio
+"""
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import os
+import signal as signals
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import extract
+import preprocess
+import train
+from common import DataError, at_least, file_path
+
+MODEL_PATH = str(Path(train.MODEL_SAVE_PATH) / train.FINAL_MODEL_FILE)  # model used by default
+TOP_GENRES = 3  # genres listed per file, by votes then mean probability
+WORKERS = os.cpu_count() or 1  # processes that decode and analyse files in parallel
+
+# What every checkpoint written by train.py holds, with the type of each entry.
+REQUIRED_KEYS = {"model_state_dict": dict, "num_channels": int, "height": int, "width": int,
+                 "num_classes": int, "mapping": list, "norm_min": float, "norm_max": float}
+TRAIN_HINT = ("train one with `python train.py`, or try `python train.py --demo` and then "
+              "`--model demo/saved_models/final_model_pytorch.pt`")
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """A trained model with what it takes to featurize and scale new audio as its training data."""
+
+    model: torch.nn.Module
+    device: torch.device
+    path: str
+    mapping: list
+    norm_min: float
+    norm_max: float
+    features: dict  # the MFCC recipe
+    features_assumed: bool  # True when the model stores no recipe and the tutorial's is used
+    test_accuracy: float = None  # segment-level, when the checkpoint records it
+    track_test_accuracy: float = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+def read_checkpoint(path, device):
+    """The checkpoint's dict, loaded safely; DataError for a missing or foreign file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no model at {path}: {TRAIN_HINT}")
+    if path.is_dir():
+        raise DataError(f"--model {path} is a folder: pass the model file, e.g. "
+                        f"{path / train.FINAL_MODEL_FILE}")
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location=device)
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror or exc}): check its permissions") \
+            from None
+    except Exception as exc:  # a foreign file fails in zipfile, pickle or torch's safe unpickler
+        safe_load_refused = "Weights only load failed" in str(exc)
+        why = ("it holds Python objects that a safe load refuses, so it was not loaded"
+               if safe_load_refused else "not a PyTorch checkpoint")
+        raise DataError(f"{path} is not a genre model saved by train.py ({why}): "
+                        f"pass one with --model") from None
+    return check_checkpoint(checkpoint, path)
+
+
+def check_checkpoint(checkpoint, path):
+    """Return the checkpoint if it has every entry train.py writes, of the right type."""
+    if not isinstance(checkpoint, dict):
+        raise DataError(f"{path} is not a genre model saved by train.py (it holds a "
+                        f"{type(checkpoint).__name__}, not a dict): pass one with --model")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise DataError(f"{path} is not a genre model saved by train.py (no "
+                        f"{', '.join(missing)}): pass one with --model")
+    for key, kind in REQUIRED_KEYS.items():
+        value = checkpoint[key]
+        if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
+            raise DataError(f"{path}: '{key}' is a {type(value).__name__}, not a "
+                            f"{kind.__name__}: the model file is damaged; train it again")
+    mapping = checkpoint["mapping"]
+    if len(mapping) != checkpoint["num_classes"] or not all(isinstance(g, str) for g in mapping):
+        raise DataError(f"{path}: 'mapping' does not name its {checkpoint['num_classes']} "
+                        f"genres: the model file is damaged; train it again")
+    return checkpoint
+
+
+def build_network(checkpoint, path, device):
+    """The GenreClassifier of a checkpoint, with its weights, in evaluation mode on device."""
+    try:
+        model = train.GenreClassifier(checkpoint["num_channels"], checkpoint["height"],
+                                      checkpoint["width"], checkpoint["num_classes"])
+        model.load_state_dict(checkpoint["model_state_dict"])
+    except (ValueError, RuntimeError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise DataError(f"{path}: its weights do not fit the model it describes ({reason}): "
+                        f"train it again") from None
+    # The same layout as in training, so that the convolutions compute the same numbers.
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def stored_recipe(checkpoint, path):
+    """(features, assumed): the model's MFCC recipe, or the tutorial's when it stores none."""
+    features = checkpoint.get("features")
+    if features is None:
+        return dict(extract.TUTORIAL_FEATURES), True
+    return extract.validate_features(features, f"{path}: 'features'"), False
+
+
+def check_input_shape(checkpoint, features, path):
+    """Refuse a recipe whose segments are not the shape the model was trained on."""
+    expected = (checkpoint["num_channels"], checkpoint["height"], checkpoint["width"])
+    produced = (1, features["frames"], features["n_mfcc"])
+    if expected != produced:
+        raise DataError(
+            f"{path}: the model takes segments of {'x'.join(map(str, expected))} (C x frames x "
+            f"MFCCs) but its recipe makes {'x'.join(map(str, produced))}: it was not trained on "
+            f"audio features of this recipe, so it cannot classify audio")
+
+
+def load_classifier(path=MODEL_PATH, device="cpu"):
+    """Load a model saved by train.py once, with its recipe and training range; DataError if unfit.
+
+    device: a torch.device or a --device name (auto, cpu, cuda, cuda:N).
+    """
+    device = device if isinstance(device, torch.device) else train.resolve_device(device)
+    checkpoint = read_checkpoint(path, device)
+    features, assumed = stored_recipe(checkpoint, path)
+    check_input_shape(checkpoint, features, path)
+    return Classifier(
+        model=build_network(checkpoint, path, device), device=device, path=str(path),
+        mapping=list(checkpoint["mapping"]), norm_min=float(checkpoint["norm_min"]),
+        norm_max=float(checkpoint["norm_max"]), features=features, features_assumed=assumed,
+        test_accuracy=checkpoint.get("test_accuracy"),
+        track_test_accuracy=checkpoint.get("track_test_accuracy"),
+    )
+
+
+def describe_recipe(features):
+    """The recipe in a few words."""
+    f = features
+    return (f"{f['sample_rate']} Hz mono, segments of {f['segment_samples'] / f['sample_rate']:g} s "
+            f"= {f['frames']} frames x {f['n_mfcc']} MFCCs (n_fft {f['n_fft']}, "
+            f"hop {f['hop_length']})")
+
+
+def describe_classifier(clf):
+    """One line: model file, genres, recipe, test accuracy."""
+    recipe = describe_recipe(clf.features)
+    if clf.features_assumed:
+        recipe += " [tutorial recipe assumed: the model stores none]"
+    if clf.test_accuracy is None:
+        accuracy = "not recorded"
+    else:
+        accuracy = f"{clf.test_accuracy:.1%} of segments"
+        if clf.track_test_accuracy is not None:
+            accuracy += f", {clf.track_test_accuracy:.1%} of tracks"
+    return (f"Model {clf.path}: {len(clf.mapping)} genres ({', '.join(clf.mapping)}); "
+            f"recipe {recipe}; test accuracy {accuracy}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+
+
+def minimum_seconds(features):
+    """The shortest audio that gives one segment."""
+    return features["segment_samples"] / features["sample_rate"]
+
+
+def file_segments(path, features):
+    """The MFCCs (n, frames, n_mfcc) of every full segment of an audio file; DataError if unfit."""
+    signal = extract.load_signal(path, features)
+    return signal_segments(signal, features, path)
+
+
+def signal_segments(signal, features, name):
+    """The MFCCs of every full segment of a mono signal at the recipe's rate; DataError if short."""
+    mfccs = extract.signal_mfccs(signal, features)
+    if len(mfccs) == 0:
+        raise DataError(f"{name}: too short ({len(signal) / features['sample_rate']:.2f} s): a song "
+                        f"needs at least {minimum_seconds(features):g} s, one segment")
+    return mfccs
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """Run torch on one CPU thread inside the block, restoring the thread count after it.
+
+    A song's segments are a small batch, which one thread classifies in a few milliseconds,
+    while torch's idle worker threads keep spinning for a while after each call and measured
+    nearly halving the speed of the audio analysis that runs next to them.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def classify(clf, mfccs):
+    """The vote of a song's segments: genre, segment count and the top genres."""
+    x = preprocess.normalize(mfccs[:, None], clf.norm_min, clf.norm_max)
+    x = torch.from_numpy(x).to(clf.device).contiguous(memory_format=torch.channels_last)
+    with one_cpu_thread():
+        probabilities = torch.softmax(train.predict(clf.model, x), dim=1).cpu().numpy()
+    label, votes, means = train.vote_segments(probabilities)
+    # Ranked as the vote decides: votes first, then mean probability, so the winner comes first.
+    ranked = sorted(range(len(clf.mapping)), key=lambda g: (votes[g], means[g]), reverse=True)
+    top = [{"genre": clf.mapping[g], "votes": int(votes[g]), "vote_share": votes[g] / len(x),
+            "mean_probability": float(means[g])} for g in ranked[:TOP_GENRES]]
+    return {"genre": clf.mapping[label], "segments": len(x), "top": top}
+
+
+def predict_file(clf, path):
+    """Classify an audio file; returns {"file", "genre", "segments", "top"}; DataError if unfit."""
+    return {"file": str(path), **classify(clf, file_segments(path, clf.features))}
+
+
+def predict_signal(clf, samples, sample_rate):
+    """Classify audio samples (1-D mono, or channels x samples) at sample_rate, as a file would be.
+
+    Returns {"genre", "segments", "top"}; DataError when shorter than one segment.
+    """
+    librosa, _ = extract.import_librosa()
+    signal = librosa.to_mono(np.asarray(samples, dtype=np.float32))
+    if sample_rate != clf.features["sample_rate"]:
+        signal = librosa.resample(signal, orig_sr=sample_rate,
+                                  target_sr=clf.features["sample_rate"],
+                                  res_type=clf.features["res_type"])
+    return classify(clf, signal_segments(signal, clf.features, "the signal"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and folders
+
+
+def audio_files(folder):
+    """The audio files in a folder and its subfolders, sorted; hidden ones left out."""
+    folder = Path(folder)
+    return sorted(path for path in folder.rglob("*")
+                  if path.is_file() and not extract.is_hidden(path, folder)
+                  and path.suffix.lower() in extract.AUDIO_EXTENSIONS)
+
+
+def expand_inputs(names):
+    """(files to predict, failures): each folder becomes its audio files; a missing path fails."""
+    files, errors = [], []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found = audio_files(path)
+            files.extend(str(p) for p in found)
+            if not found:
+                extensions = ", ".join(e[1:] for e in extract.AUDIO_EXTENSIONS)
+                errors.append({"file": name, "error": f"{name}: no audio files in this folder "
+                                                      f"(looked for {extensions})"})
+        elif path.exists():
+            files.append(name)
+        else:
+            errors.append({"file": name, "error": f"{name}: not found"})
+    return files, errors
+
+
+def analyse(path, features):
+    """(MFCCs, None) for a usable file, (None, error line) for another; runs in a worker."""
+    try:
+        return file_segments(path, features), None
+    except DataError as exc:
+        return None, str(exc)
+
+
+def _ignore_sigint():
+    """Workers leave Ctrl-C to the parent, which stops the pool and exits cleanly."""
+    signals.signal(signals.SIGINT, signals.SIG_IGN)
+
+
+def analyse_all(paths, features, workers):
+    """analyse() of every path, in input order, by a pool of processes when there are several."""
+    if workers == 1 or len(paths) < 2:
+        yield from (analyse(path, features) for path in paths)
+        return
+    extract.warm_up(features)  # load librosa's lazy parts once, before the workers fork
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(paths)),
+                                                initializer=_ignore_sigint) as pool:
+        try:
+            yield from pool.map(analyse, paths, [features] * len(paths))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None):
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        description="Name the genre of audio files with a model trained by train.py: each file is "
+                    "featurized with the model's own MFCC recipe and its segments vote.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", type=file_path, metavar="AUDIO",
+                        help="audio files, or folders whose audio files are all predicted")
+    parser.add_argument("--model", type=file_path, default=MODEL_PATH,
+                        help="checkpoint written by train.py")
+    parser.add_argument("--device", type=train.device_name, default="auto",
+                        help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--workers", type=at_least(int, 1), default=WORKERS,
+                        help="processes analysing files in parallel")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as one JSON object instead of text")
+    return parser.parse_args(argv)
+
+
+def format_result(result):
+    """The text report of one file: its genre, then the top genres with votes and probability."""
+    lines = [f"{result['file']}: {result['genre']} ({result['segments']} segments)"]
+    width = max(len(entry["genre"]) for entry in result["top"])
+    for entry in result["top"]:
+        lines.append(f"  {entry['genre']:<{width}}  {entry['vote_share']:6.1%} of votes "
+                     f"({entry['votes']}/{result['segments']})  mean probability "
+                     f"{entry['mean_probability']:.3f}")
+    return "\n".join(lines)
+
+
+def model_summary(clf):
+    """The model's description for --json."""
+    return {"path": clf.path, "genres": clf.mapping, "features": clf.features,
+            "features_assumed": clf.features_assumed, "test_accuracy": clf.test_accuracy,
+            "track_test_accuracy": clf.track_test_accuracy}
+
+
+def report_error(message):
+    """One line on stderr for a file that could not be predicted."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def predict_all(clf, files, args):
+    """Predict every file, reporting each as it is done; return the results and the failures."""
+    results, failures = [], []
+    for index, (mfccs, error) in enumerate(analyse_all(files, clf.features, args.workers)):
+        name = files[index]
+        if error is not None:
+            report_error(error)
+            failures.append({"file": name, "error": error})
+            continue
+        results.append({"file": name, **classify(clf, mfccs)})
+        if not args.json:
+            print(format_result(results[-1]), flush=True)
+    return results, failures
+
+
+def run(args):
+    """Load the model, predict every input; return the exit status (2 when any file failed)."""
+    started = time.perf_counter()
+    clf = load_classifier(args.model, args.device)
+    print(describe_classifier(clf), file=sys.stderr if args.json else sys.stdout, flush=True)
+    files, missing = expand_inputs(args.inputs)
+    for failure in missing:
+        report_error(failure["error"])
+    results, failures = predict_all(clf, files, args)
+    failures = missing + failures
+    if args.json:
+        print(json.dumps({"model": model_summary(clf), "files": results, "failed": failures},
+                         indent=2))
+    else:
+        print(f"Predicted {len(results)} file(s) in {time.perf_counter() - started:.1f} s"
+              + (f"; {len(failures)} failed (see the errors above)" if failures else ""))
+    return 2 if failures else 0
+
+
+def main(argv=None) -> int:
+    """Predict the genre of each input; exit status 2 on a bad model or any failed file."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (DataError, train.UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
