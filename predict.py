@@ -79,9 +79,10 @@ def read_checkpoint(path, device):
         raise DataError(f"{path} cannot be read ({exc.strerror or exc}): check its permissions") \
             from None
     except Exception as exc:  # a foreign file fails in zipfile, pickle or torch's safe unpickler
-        safe_load_refused = "Weights only load failed" in str(exc)
+        # torch's safe unpickler names the class or function it refused to load.
+        refused = "Unsupported global" in str(exc)
         why = ("it holds Python objects that a safe load refuses, so it was not loaded"
-               if safe_load_refused else "not a PyTorch checkpoint")
+               if refused else "not a PyTorch checkpoint")
         raise DataError(f"{path} is not a genre model saved by train.py ({why}): "
                         f"pass one with --model") from None
     return check_checkpoint(checkpoint, path)
@@ -127,7 +128,9 @@ def stored_recipe(checkpoint, path):
     features = checkpoint.get("features")
     if features is None:
         return dict(extract.TUTORIAL_FEATURES), True
-    return extract.validate_features(features, f"{path}: 'features'"), False
+    features = extract.validate_features(features, f"{path}: 'features'")
+    # train.py stores the tutorial recipe, flagged as assumed, for data.json files without one.
+    return features, bool(checkpoint.get("features_assumed", False))
 
 
 def check_input_shape(checkpoint, features, path):
@@ -231,7 +234,7 @@ def classify(clf, mfccs):
     label, votes, means = train.vote_segments(probabilities)
     # Ranked as the vote decides: votes first, then mean probability, so the winner comes first.
     ranked = sorted(range(len(clf.mapping)), key=lambda g: (votes[g], means[g]), reverse=True)
-    top = [{"genre": clf.mapping[g], "votes": int(votes[g]), "vote_share": votes[g] / len(x),
+    top = [{"genre": clf.mapping[g], "votes": int(votes[g]), "vote_share": int(votes[g]) / len(x),
             "mean_probability": float(means[g])} for g in ranked[:TOP_GENRES]]
     return {"genre": clf.mapping[label], "segments": len(x), "top": top}
 
@@ -242,12 +245,18 @@ def predict_file(clf, path):
 
 
 def predict_signal(clf, samples, sample_rate):
-    """Classify audio samples (1-D mono, or channels x samples) at sample_rate, as a file would be.
+    """Classify audio samples at sample_rate as a file would be: 1-D mono, or 2-D with channels on
+    either axis (soundfile's frames x channels or librosa's channels x frames), mixed down.
 
     Returns {"genre", "segments", "top"}; DataError when shorter than one segment.
     """
     librosa, _ = extract.import_librosa()
-    signal = librosa.to_mono(np.asarray(samples, dtype=np.float32))
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim not in (1, 2):
+        raise DataError(f"samples of shape {samples.shape}: pass a 1-D or 2-D array of audio")
+    if samples.ndim == 2 and samples.shape[0] > samples.shape[1]:
+        samples = samples.T  # a song has more frames than channels; librosa wants channels first
+    signal = librosa.to_mono(samples)
     if sample_rate != clf.features["sample_rate"]:
         signal = librosa.resample(signal, orig_sr=sample_rate,
                                   target_sr=clf.features["sample_rate"],

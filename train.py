@@ -13,7 +13,9 @@ Pictures of the run (training curves, confusion matrices) are drawn by plots.py 
 installed.
 """
 import argparse
+import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import platform
 import random
@@ -239,15 +241,19 @@ def model_metadata(data, config):
         "train_config": dataclasses.asdict(config),
         "split": {**dataclasses.asdict(data.split), "split_kind": data.split_kind},
         "source_sha256": data.source_sha256,
-        "versions": library_versions(),
+        "versions": library_versions(data),
         "features": data.features, "features_assumed": data.features_assumed,
     }
 
 
-def library_versions():
-    """Versions of the libraries whose behaviour the weights depend on."""
-    return {"python": platform.python_version(), "torch": str(torch.__version__),
-            "numpy": str(np.__version__)}
+def library_versions(data):
+    """Versions of the libraries the run depended on; librosa's when the data has a recipe."""
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__),
+                "numpy": str(np.__version__), "librosa": None}
+    if not data.features_assumed:  # made by extract.py, the only step that uses librosa
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions["librosa"] = importlib.metadata.version("librosa")
+    return versions
 
 
 def test_summary(metrics):
