@@ -41,7 +41,7 @@ def pipeline(tmp_path_factory):
     with contextlib.redirect_stdout(io.StringIO()), predict.one_cpu_thread():
         extract.extract(root / "audio", root / "data.json", features, workers=1)
         status = train.main(["--data", str(root / "data.json"), "--cache", str(root / "c.npz"),
-                             "--model-dir", str(root / "models"), "--epochs", "4",
+                             "--model-dir", str(root / "models"), "--epochs", "4", "--no-plots",
                              "--device", "cpu"])
     assert status == 0
     metrics = json.loads((root / "models" / train.METRICS_FILE).read_text())
