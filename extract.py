@@ -60,7 +60,7 @@ CHUNK_SEGMENTS = 16  # segments analysed per librosa call: bounds memory for lon
 DEMO_DIR = "demo"  # --demo writes its audio and data here
 DEMO_AUDIO = "audio"  # --demo: synthesized genre folders, under DEMO_DIR
 DEMO_JSON = "audio.json"  # --demo: extracted features, under DEMO_DIR (train.py --demo owns data.json)
-DEMO_TRACKS = 10  # --demo tracks per genre: enough for a track split with a test track per genre
+DEMO_TRACKS = 10  # --demo tracks per genre: the fewest that give every genre a test track
 DEMO_SEED = 0  # --demo: the synthesized audio is the same on every machine
 INSTALL_HINT = "pip install -r requirements-audio.txt"  # how to get librosa and soundfile
 
@@ -540,19 +540,19 @@ def synthesize_track(genre, track, sample_rate=SAMPLE_RATE, seconds=TRACK_DURATI
 
 
 def ensure_demo_audio(audio_dir, log=print):
-    """Write the demo genre folders of wav files unless they are already there."""
-    audio_dir = Path(audio_dir)
-    if audio_dir.exists():
+    """Write the demo genre folders of FLAC files that are not already there."""
+    paths = {(genre, track): Path(audio_dir) / name / f"{name}.{track:05d}.flac"
+             for genre, name in enumerate(DEMO_GENRES) for track in range(DEMO_TRACKS)}
+    missing = {key: path for key, path in paths.items() if not path.exists()}
+    if not missing:
         return
     _, soundfile = import_librosa()
     log(f"Writing demo audio ({len(DEMO_GENRES)} genres x {DEMO_TRACKS} tracks of "
-        f"{TRACK_DURATION} s) to {audio_dir}/")
-    for genre, name in enumerate(DEMO_GENRES):
-        for track in range(DEMO_TRACKS):
-            path = audio_dir / name / f"{name}.{track:05d}.wav"
-            with atomic_write(path, flag="--demo") as handle:
-                soundfile.write(handle, synthesize_track(genre, track), SAMPLE_RATE,
-                                format="WAV", subtype="PCM_16")
+        f"{TRACK_DURATION} s, FLAC) to {audio_dir}/")
+    for (genre, track), path in missing.items():
+        with atomic_write(path, flag="--demo") as handle:  # an interrupted run leaves no stub
+            soundfile.write(handle, synthesize_track(genre, track), SAMPLE_RATE,
+                            format="FLAC", subtype="PCM_16")
 
 
 # ---------------------------------------------------------------------------------------------

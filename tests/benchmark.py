@@ -5,12 +5,16 @@ Usage:
     python tests/benchmark.py --data data.json --rounds 5 --epochs 6
     python tests/benchmark.py --device cuda           # also times a full 30-epoch project run
     python tests/benchmark.py --part train            # only the training comparison
+    python tests/benchmark.py --part extract --tracks 300   # audio -> data.json vs the tutorial loop
 
 Without --data it writes a GTZAN-sized data.json (10 genres, 10,000 segments of 130 x 13 full
 precision floats, json.dump(indent=4), about 640 MB) once into the system temp folder and reuses it.
 Project and baseline run alternately, each in its own subprocess: preprocessing is measured by wall
 time and the child's peak RSS (os.wait4), training by the median seconds per epoch of epochs 2..E.
-The ratios project/baseline are compared with the TARGETS below. Benchmarks report, they do
+The extract part synthesizes --tracks 30-s wav files once (extract.py's demo generator) and
+compares `extract.py` with the tutorial's loop (librosa.load, one mfcc call per segment, one
+process, json.dump), checking that both give the same features. The ratios project/baseline are
+compared with the TARGETS below. Benchmarks report, they do
 not fail: the exit status is 0 (2 on bad arguments, 1 when a child process fails). POSIX only.
 """
 import argparse
@@ -29,12 +33,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent  # preprocess.py and train.py live here
 sys.path.insert(0, str(REPO))
+import extract  # noqa: E402  (the synthetic-audio generator)
 import preprocess  # noqa: E402  (the one synthetic-data generator)
 
 ROUNDS = 3  # alternating project/baseline rounds; the report uses their medians
 EPOCHS = 4  # epochs per training run; epoch 1 is warm-up, so the median covers 2..EPOCHS
 CUDA_FULL_EPOCHS = 30  # a full-length GPU run, timed whole (target: under 15 s)
 SEGMENTS = 10_000  # GTZAN: 1,000 tracks x 10 segments
+TRACKS = 300  # synthetic 30-s audio tracks for the extraction comparison ("a few hundred")
 DATA_DIR = Path(tempfile.gettempdir()) / "genre-benchmark"  # generated input, kept between runs
 EPOCH_TIME = re.compile(r"Epoch time: ([\d.]+)s")  # printed by train.py and by the baseline
 
@@ -43,6 +49,7 @@ TARGETS = {
     "train": ("training s/epoch", 0.8, 0.7),
     "prep_time": ("preprocessing wall time", 0.5, None),
     "prep_mem": ("preprocessing peak memory", 1.0, None),
+    "extract": ("extraction wall time", 0.4, None),
 }
 
 BASELINE_PREPROCESS = '''\
@@ -121,6 +128,39 @@ for epoch in range(1, epochs + 1):
 '''
 
 
+BASELINE_EXTRACT = '''\
+"""The tutorial's extraction loop: librosa.load, one mfcc call per segment, json.dump."""
+import json
+import math
+import os
+import sys
+
+import librosa
+
+SAMPLE_RATE, SEGMENTS, N_MFCC, N_FFT, HOP = 22050, 10, 13, 2048, 512
+SEGMENT_SAMPLES = SAMPLE_RATE * 30 // SEGMENTS
+FRAMES = math.ceil(SEGMENT_SAMPLES / HOP)
+root, output = sys.argv[1], sys.argv[2]
+
+data = {"mapping": [], "labels": [], "mfcc": [], "tracks": []}
+for label, genre in enumerate(sorted(os.listdir(root))):
+    data["mapping"].append(genre)
+    for name in sorted(os.listdir(os.path.join(root, genre))):
+        signal, _ = librosa.load(os.path.join(root, genre, name), sr=SAMPLE_RATE)
+        for i in range(SEGMENTS):
+            piece = signal[i * SEGMENT_SAMPLES:(i + 1) * SEGMENT_SAMPLES]
+            mfcc = librosa.feature.mfcc(y=piece, sr=SAMPLE_RATE, n_mfcc=N_MFCC,
+                                        n_fft=N_FFT, hop_length=HOP).T
+            if len(mfcc) == FRAMES:
+                data["mfcc"].append(mfcc.tolist())
+                data["labels"].append(label)
+                data["tracks"].append(os.path.splitext(name)[0])
+
+with open(output, "w") as f:
+    json.dump(data, f)
+'''
+
+
 # ---------------------------------------------------------------------------------------------
 # Input data
 
@@ -141,6 +181,26 @@ def ensure_input(segments):
         json.dump(doc, handle, indent=4)  # full float64 repr, like librosa's output dumped as-is
     os.replace(temp, path)
     return path
+
+
+def ensure_audio(tracks):
+    """Folder of `tracks` synthetic 30-s wav files in 10 genre folders, written once."""
+    import soundfile
+
+    root = DATA_DIR / f"audio_{tracks}"
+    done = DATA_DIR / f"audio_{tracks}.complete"  # outside: the tutorial loop takes any entry
+    if done.is_file():
+        return root
+    print(f"Generating {tracks} synthetic tracks in {root} ...", flush=True)
+    genres = extract.DEMO_GENRES
+    for index in range(tracks):
+        genre, track = index % len(genres), index // len(genres)
+        path = root / genres[genre] / f"{genres[genre]}.{track:05d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(path, extract.synthesize_track(genre, track), extract.SAMPLE_RATE,
+                        subtype="PCM_16")
+    done.touch()
+    return root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,9 +235,11 @@ def median_after_warmup(times):
 
 def write_baselines(workdir):
     """Write the two plain scripts; return their paths."""
-    paths = {"prep": workdir / "baseline_preprocess.py", "train": workdir / "baseline_train.py"}
+    paths = {"prep": workdir / "baseline_preprocess.py", "train": workdir / "baseline_train.py",
+             "extract": workdir / "baseline_extract.py"}
     paths["prep"].write_text(BASELINE_PREPROCESS)
     paths["train"].write_text(BASELINE_TRAIN)
+    paths["extract"].write_text(BASELINE_EXTRACT)
     return paths
 
 
@@ -202,6 +264,39 @@ def bench_preprocessing(data, baseline, workdir, rounds):
         (pw, pm), (bw, bm) = results["project"][-1], results["baseline"][-1]
         print(f"  {index:<6} {pw:>7.2f} s {pm:>6.0f} MiB {bw:>7.2f} s {bm:>6.0f} MiB"
               f"  ratios {pw / bw:.3f} {pm / bm:.3f}", flush=True)
+    return results
+
+
+def largest_difference(project_json, baseline_json):
+    """Largest absolute difference of the two outputs' features; raise if they differ in kind."""
+    import numpy as np
+
+    ours, theirs = (json.loads(Path(p).read_text()) for p in (project_json, baseline_json))
+    for key in ("mapping", "labels", "tracks"):
+        if ours[key] != theirs[key]:
+            raise RuntimeError(f"extract.py and the tutorial loop disagree on '{key}'")
+    return float(np.abs(np.array(ours["mfcc"], dtype=np.float32)
+                        - np.array(theirs["mfcc"], dtype=np.float32)).max())
+
+
+def bench_extraction(audio, baseline, workdir, rounds):
+    """Alternate extract.py and the tutorial loop; return per-round (seconds, MiB) of each."""
+    results = {"project": [], "baseline": []}
+    print(f"\nExtraction of {audio}: wall s, peak RSS MiB (of the main process)")
+    print(f"  {'round':<6} {'project':>18} {'baseline':>18}")
+    outputs = {name: workdir / f"extract_{name}.json" for name in results}
+    for index in range(1, rounds + 1):
+        commands = {"project": ["extract.py", audio, "--data", outputs["project"]],
+                    "baseline": [baseline, audio, outputs["baseline"]]}
+        for name, args in commands.items():
+            outputs[name].unlink(missing_ok=True)
+            wall, peak, _ = run_child(args, workdir / f"extract_{name}.log")
+            results[name].append((wall, peak))
+        (pw, pm), (bw, bm) = results["project"][-1], results["baseline"][-1]
+        print(f"  {index:<6} {pw:>7.2f} s {pm:>6.0f} MiB {bw:>7.2f} s {bm:>6.0f} MiB"
+              f"  ratio {pw / bw:.3f}", flush=True)
+    print(f"  largest |difference| of the features: "
+          f"{largest_difference(outputs['project'], outputs['baseline']):.3g}")
     return results
 
 
@@ -265,9 +360,12 @@ def ratio_line(key, project, baseline, unit):
             f"target {wanted}  {verdict}")
 
 
-def summarize(prep, train):
+def summarize(prep, train, extraction=None):
     """Print the medians across rounds and the project/baseline ratios against the targets."""
     print("\nMedians across rounds, ratio project / baseline:")
+    if extraction:
+        med = {name: statistics.median(v[0] for v in runs) for name, runs in extraction.items()}
+        print(ratio_line("extract", med["project"], med["baseline"], "s"))
     if train:
         med = {name: statistics.median(map(median_after_warmup, runs)) for name, runs in train.items()}
         print(ratio_line("train", med["project"], med["baseline"], "s"))
@@ -297,7 +395,8 @@ def describe_machine():
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    versions = ", ".join(f"{pkg} {metadata.version(pkg)}" for pkg in ("torch", "numpy", "msgspec"))
+    versions = ", ".join(f"{pkg} {metadata.version(pkg)}"
+                         for pkg in ("torch", "numpy", "msgspec", "librosa"))
     return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {versions}"
 
 
@@ -327,8 +426,10 @@ def parse_args(argv=None):
                         help="epochs per training run (at least 2; epoch 1 is warm-up)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="training device; cuda also times a full 30-epoch project run")
-    parser.add_argument("--part", choices=("all", "preprocess", "train"), default="all",
-                        help="which comparison to run")
+    parser.add_argument("--part", choices=("all", "extract", "preprocess", "train"),
+                        default="all", help="which comparison to run")
+    parser.add_argument("--tracks", type=positive_int, default=TRACKS,
+                        help="synthetic 30-s tracks for the extraction comparison")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is excluded as warm-up")
@@ -341,13 +442,19 @@ def parse_args(argv=None):
 
 def run(args, workdir):
     """Run the selected comparisons in workdir and print the report."""
-    data = (args.data or ensure_input(args.segments)).resolve()
     print(f"Machine: {describe_machine()}")
-    print(f"Input: {data} ({data.stat().st_size / 1e6:.1f} MB)")
     print(f"Load average: {load_average()} (other work on this machine skews the timings)")
     baselines = write_baselines(workdir)
+    prep = train = extraction = None
+    if args.part in ("all", "extract"):
+        extraction = bench_extraction(ensure_audio(args.tracks), baselines["extract"], workdir,
+                                      args.rounds)
+    if args.part == "extract":
+        summarize(prep, train, extraction)
+        return
+    data = (args.data or ensure_input(args.segments)).resolve()
+    print(f"Input: {data} ({data.stat().st_size / 1e6:.1f} MB)")
     cache = workdir / "project.npz"  # preprocessing's last project output doubles as the cache
-    prep = train = None
     if args.part in ("all", "preprocess"):
         prep = bench_preprocessing(data, baselines["prep"], workdir, args.rounds)
     if args.part in ("all", "train"):
@@ -357,7 +464,7 @@ def run(args, workdir):
         train = bench_training(commands, workdir, args.rounds)
         if args.device == "cuda":
             bench_cuda_full_run(data, cache, workdir)
-    summarize(prep, train)
+    summarize(prep, train, extraction)
     print(f"Load average at the end: {load_average()}")
 
 

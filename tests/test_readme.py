@@ -1,0 +1,63 @@
+"""The README's walkthrough commands run as written (on a smaller demo), and its recipe is real."""
+import contextlib
+import io
+import json
+import re
+import shlex
+
+import pytest
+
+import extract
+import preprocess
+import train
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+SCRIPTS = {"extract.py": extract.main, "preprocess.py": preprocess.main, "train.py": train.main}
+
+
+def code_blocks(language):
+    """The README's fenced code blocks of one language, as text."""
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def walkthrough():
+    """The audio walkthrough: the bash block that starts from `extract.py --demo`."""
+    blocks = [b for b in code_blocks("bash") if b.startswith("python extract.py --demo")]
+    assert len(blocks) == 1, "the README has one extract -> preprocess -> train walkthrough"
+    return [shlex.split(line) for line in blocks[0].splitlines() if line.strip()]
+
+
+def test_readme_audio_walkthrough_runs(tmp_path, monkeypatch):
+    # Smaller than what a user gets, to keep the suite fast: 2 genres of 10 one-segment tracks,
+    # and a single epoch. The commands themselves are the README's, in a fresh folder.
+    real_synthesize = extract.synthesize_track
+    monkeypatch.setattr(extract, "DEMO_GENRES", extract.DEMO_GENRES[:2])
+    monkeypatch.setattr(extract, "synthesize_track",
+                        lambda genre, track: real_synthesize(genre, track, seconds=3.1))
+    monkeypatch.chdir(tmp_path)
+    commands = walkthrough()
+    assert [c[:2] for c in commands] == [["python", "extract.py"], ["python", "preprocess.py"],
+                                         ["python", "train.py"]]
+    for command in commands:
+        args = command[2:] + (["--epochs", "1", "--device", "cpu"]
+                              if command[1] == "train.py" else [])
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert SCRIPTS[command[1]](args) == 0, command
+    assert json.loads((tmp_path / "demo" / "audio.json").read_text())["features"] == \
+        extract.default_features()
+    assert (tmp_path / "demo" / "audio_models" / train.FINAL_MODEL_FILE).is_file()
+    assert not (tmp_path / "demo" / "data.json").exists()  # train.py --demo's file is left alone
+
+
+def test_readme_shows_the_real_default_recipe():
+    recipes = [json.loads(b) for b in code_blocks("json") if '"sample_rate"' in b]
+    assert recipes == [extract.default_features()]
+
+
+@pytest.mark.parametrize("flag", [flag for flag, *_ in extract.RECIPE_FLAGS] + ["--workers"])
+def test_readme_documents_every_extract_flag(flag):
+    section = README[README.index("### `extract.py`"):README.index("### `preprocess.py`")]
+    names = {flag, flag.replace("--", "--no-", 1)} if flag in ("--center", "--htk") else {flag}
+    assert any(f"`{name}" in section or f"{name}`" in section or f"{name}/" in section
+               for name in names), flag
