@@ -30,7 +30,7 @@ def walkthrough():
 
 def test_readme_audio_walkthrough_runs(tmp_path, monkeypatch):
     # Smaller than what a user gets, to keep the suite fast: 2 genres of 10 one-segment tracks,
-    # and a single epoch. The commands themselves are the README's, in a fresh folder.
+    # a single epoch and no pictures. The commands themselves are the README's, in a fresh folder.
     real_synthesize = extract.synthesize_track
     monkeypatch.setattr(extract, "DEMO_GENRES", extract.DEMO_GENRES[:2])
     monkeypatch.setattr(extract, "synthesize_track",
@@ -40,7 +40,7 @@ def test_readme_audio_walkthrough_runs(tmp_path, monkeypatch):
     assert [c[:2] for c in commands] == [["python", "extract.py"], ["python", "preprocess.py"],
                                          ["python", "train.py"]]
     for command in commands:
-        args = command[2:] + (["--epochs", "1", "--device", "cpu"]
+        args = command[2:] + (["--epochs", "1", "--device", "cpu", "--no-plots"]
                               if command[1] == "train.py" else [])
         with contextlib.redirect_stdout(io.StringIO()):
             assert SCRIPTS[command[1]](args) == 0, command
