@@ -153,8 +153,9 @@ def check_output_folder(folder, flag, names):
     risk; a folder or device under one of those names would make the final write fail.
     """
     folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
+    # os.path.exists, unlike Path.exists, answers False rather than raising on an unreadable path.
+    existing = next(p for p in (folder, *folder.parents) if os.path.exists(p))
+    if not os.path.isdir(existing):
         what = "is a file" if existing == folder else f"is inside {existing}, which is a file"
         raise DataError(f"{flag} {folder} {what}, not a folder: pass a folder with {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -117,7 +117,7 @@ def check_source(path, context=""):
     if not path.exists():
         raise DataError(
             f"--data {path} not found{context}: pass the path of your data.json with --data, "
-            f"create it with the MFCC extractor (see README, 'Making data.json'), or try the "
+            f"make one from audio with `python extract.py AUDIO_DIR` (see README), or try the "
             f"built-in demo data with --demo"
         )
     if not path.is_file():
@@ -579,6 +579,16 @@ def use_cache_as_it_is(arrays, json_path, cache_path, settings, explicit, log):
     return arrays
 
 
+def missing_source_context(cache_path, reprocess):
+    """Why a missing data.json matters: what is wrong with the cache that would replace it."""
+    cache_path = Path(cache_path).absolute()
+    if reprocess:
+        return f", and --reprocess asks to rebuild the cache --cache {cache_path} from it"
+    if not cache_path.exists():
+        return f", and there is no cache at --cache {cache_path} to use instead"
+    return f", and the cache --cache {cache_path} is unreadable or of an older format"
+
+
 def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print, explicit=()):
     """Return the cache's arrays: reused when fresh, rebuilt (saying why) otherwise.
 
@@ -597,8 +607,7 @@ def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print, e
     if reason is None:
         log(f"Loaded preprocessed data from {cache_path}")
         return arrays
-    check_source(json_path, context=f" and the cache --cache {Path(cache_path).absolute()} "
-                                    f"cannot be used ({reason})")
+    check_source(json_path, context=missing_source_context(cache_path, reprocess))
     log(f"Preprocessing {json_path} -> {cache_path} ({reason})")
     arrays = build_arrays(json_path, settings)
     write_cache(arrays, cache_path)

@@ -234,3 +234,19 @@ def test_every_write_in_a_read_only_place_names_its_flag(workdir, capsys, monkey
     path = workdir / failing if flag == "--cache" else workdir / "models" / failing
     assert f"cannot write {path} (Read-only file system): pass another {flag}" in line
     assert "free some space" not in line
+
+
+@pytest.mark.parametrize("cache, args, says", [
+    (None, [], "there is no cache at --cache"),
+    (b"PK\x03\x04 damaged", [], "is unreadable or of an older format"),
+    (b"PK\x03\x04 damaged", ["--reprocess"], "--reprocess asks to rebuild"),
+])
+def test_missing_data_says_why_the_cache_cannot_stand_in(tmp_path, capsys, monkeypatch, cache, args,
+                                                         says):
+    monkeypatch.chdir(tmp_path)
+    if cache is not None:
+        (tmp_path / "preprocessed_data.npz").write_bytes(cache)
+    assert run_main(train, "--device", "cpu", *args) == 2
+    line, out = one_error_line(capsys)
+    assert line.startswith(f"error: --data {tmp_path / 'data.json'} not found, ") and says in line
+    assert str(tmp_path / "preprocessed_data.npz") in line and "Preprocessing" not in out
