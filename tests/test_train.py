@@ -277,7 +277,8 @@ def test_checkpoints_say_how_they_were_made(workdir):
     metrics = read_json(models / train.METRICS_FILE)
     expected_config = {"epochs": 2, "batch_size": train.BATCH_SIZE, "lr": 0.002,
                        "weight_decay": train.WEIGHT_DECAY, "grad_clip": train.GRADIENT_CLIP,
-                       "patience": train.EARLY_STOPPING_PATIENCE, "seed": 3}
+                       "patience": train.EARLY_STOPPING_PATIENCE, "seed": 3,
+                       "bn_stats": train.BN_STATS}
     digest = hashlib.sha256((workdir / "data.json").read_bytes()).hexdigest()
     best, final = (torch.load(models / name, weights_only=True, map_location="cpu")
                    for name in (train.BEST_MODEL_FILE, train.FINAL_MODEL_FILE))
