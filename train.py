@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
-import math
 import os
 import platform
 import random
@@ -237,7 +236,7 @@ def evaluate(model, x, y, batch_size=None):
 
 def batches_per_epoch(num_samples, batch_size):
     """How many training steps an epoch of num_samples takes."""
-    return math.ceil(num_samples / batch_size)
+    return len(batch_bounds(num_samples, batch_size))
 
 
 def recomputes_bn_stats(config, num_batches):
