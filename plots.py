@@ -49,11 +49,12 @@ def read_json(path):
     except FileNotFoundError:
         raise DataError(f"{path} not found: pass a model folder written by train.py") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path} cannot be read ({exc}): train again to rewrite it") from None
+        raise DataError(f"{path} cannot be read ({exc}): run train.py again to rewrite it"
+                        ) from None
 
 
-def stop_reason(metrics, epochs_run):
-    """How training ended: 'interrupted', 'early stopping', 'all epochs', or None if not recorded."""
+def stop_reason(metrics):
+    """How training ended: 'interrupted', 'early stopping', 'all epochs'; None if not recorded."""
     if metrics.get("interrupted"):
         return "interrupted"
     if "early_stopped" not in metrics:  # written by older versions of train.py
@@ -61,7 +62,7 @@ def stop_reason(metrics, epochs_run):
     return "early stopping" if metrics["early_stopped"] else "all epochs"
 
 
-def curves_title(best_epoch, epochs_run, stop, metrics):
+def curves_title(best_epoch, epochs_run, stop, test_accuracy):
     """One line: the restored epoch, how training ended, and the test accuracy."""
     ending = {
         "early stopping": f"early stopping after epoch {epochs_run} "
@@ -71,11 +72,11 @@ def curves_title(best_epoch, epochs_run, stop, metrics):
         None: f"{epochs_run} epochs",
     }[stop]
     return (f"Training curves: best epoch {best_epoch} restored; {ending}; "
-            f"test accuracy {100 * metrics['accuracy']:.1f} %")
+            f"test accuracy {test_accuracy:.1f} %")
 
 
 def curve_data(history, metrics):
-    """Everything training_curves.png draws: per-epoch series (accuracy in %), best epoch, ending."""
+    """What training_curves.png draws: per-epoch series (accuracy in %), best epoch, ending."""
     try:
         series = {key: [float(v) for v in history[key]]
                   for key in ("loss", "val_loss", "accuracy", "val_accuracy")}
@@ -86,17 +87,19 @@ def curve_data(history, metrics):
         raise DataError(f"{HISTORY_FILE} or {METRICS_FILE} lacks a value ({exc!r}): "
                         f"they must be written by train.py") from None
     if epochs_run == 0 or any(len(values) != epochs_run for values in series.values()):
-        raise DataError(f"{HISTORY_FILE} needs one value per epoch in each of its four lists")
+        raise DataError(f"{HISTORY_FILE} needs one value per epoch in each of its four lists: "
+                        f"it must be written by train.py")
     if not 1 <= best_epoch <= epochs_run:
-        raise DataError(f"{METRICS_FILE} names epoch {best_epoch}, but the history has {epochs_run}")
-    stop = stop_reason(metrics, epochs_run)
+        raise DataError(f"{METRICS_FILE} names epoch {best_epoch}, but the history has "
+                        f"{epochs_run}: they must be written by the same train.py run")
+    stop = stop_reason(metrics)
     return {
         "epochs": list(range(1, epochs_run + 1)),
         "loss": {"training": series["loss"], "validation": series["val_loss"]},
         "accuracy": {"training": [100 * v for v in series["accuracy"]],
                      "validation": [100 * v for v in series["val_accuracy"]]},
         "best_epoch": best_epoch, "stop": stop, "test_accuracy": 100 * accuracy,
-        "title": curves_title(best_epoch, epochs_run, stop, {"accuracy": accuracy}),
+        "title": curves_title(best_epoch, epochs_run, stop, 100 * accuracy),
     }
 
 
@@ -104,8 +107,8 @@ def matrix_panel(counts, genres, accuracy, unit, title):
     """One confusion matrix: counts, row shares (recall, NaN for an empty row) and its title."""
     counts = np.asarray(counts, dtype=np.int64)
     if counts.shape != (len(genres), len(genres)):
-        raise DataError(f"{METRICS_FILE}: a confusion matrix of shape {counts.shape} "
-                        f"for {len(genres)} genres")
+        raise DataError(f"{METRICS_FILE} has a confusion matrix of shape {counts.shape} for "
+                        f"{len(genres)} genres: it must be written by train.py")
     totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
     correct, total = int(np.trace(counts)), int(counts.sum())
@@ -165,7 +168,7 @@ def plot_series(ax, data, key, ylabel):
         ax.plot(epochs, data[key][split], label=split, markersize=markersize, **style)
     mark_ending(ax, data)  # before the best epoch's line, which may fall on the same epoch
     ax.axvline(best, color="green", linestyle="--", linewidth=1.2,
-               label=f"best epoch ({best}), restored")
+               label=f"best epoch {best} (lowest val. loss), restored")
     ax.plot([best], [data[key]["validation"][best - 1]], marker="*", markersize=14,
             color="green", linestyle="none", clip_on=False)
     ax.set_xlabel("epoch")
@@ -182,7 +185,8 @@ def mark_ending(ax, data):
         ax.axvspan(best, last, color="grey", alpha=0.15,
                    label=f"no better val. loss for {last - best} epochs: early stop")
     elif data["stop"] == "interrupted":
-        ax.axvline(last, color="red", linewidth=3, alpha=0.5, label=f"interrupted after epoch {last}")
+        ax.axvline(last, color="red", linewidth=3, alpha=0.5,
+                   label=f"interrupted after epoch {last}")
 
 
 def draw_curves(data):
@@ -251,8 +255,12 @@ def draw_run(model_dir):
     history = read_json(model_dir / HISTORY_FILE)
     metrics = read_json(model_dir / METRICS_FILE)
     if not isinstance(history, dict) or not isinstance(metrics, dict):
-        raise DataError(f"{model_dir}: {HISTORY_FILE} and {METRICS_FILE} must hold JSON objects")
-    curves, panels = curve_data(history, metrics), confusion_data(metrics)
+        raise DataError(f"{model_dir}: {HISTORY_FILE} and {METRICS_FILE} must hold JSON objects "
+                        f"as train.py writes them")
+    try:
+        curves, panels = curve_data(history, metrics), confusion_data(metrics)
+    except DataError as exc:
+        raise DataError(f"{model_dir}: {exc}") from None
     paths = [model_dir / CURVES_FILE, model_dir / CONFUSION_FILE]
     save_figure(draw_curves(curves), paths[0])
     save_figure(draw_confusion(panels, confusion_title(metrics)), paths[1])

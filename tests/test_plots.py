@@ -41,11 +41,19 @@ def png_size(path):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """The model folder of one tiny training run with pictures."""
+def no_plots_run(tmp_path_factory):
+    """One tiny training run with --no-plots: (its model folder, the PNG files it wrote)."""
     folder = tmp_path_factory.mktemp("run")
-    assert train_tiny(folder, "--epochs", "3") == 0
-    return folder / "models"
+    assert train_tiny(folder, "--epochs", "2", "--no-plots") == 0
+    return folder / "models", sorted((folder / "models").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(no_plots_run):
+    """That run's model folder with its pictures drawn afterwards by --plots-only."""
+    models, _ = no_plots_run
+    assert train.main(["--plots-only", str(models)]) == 0
+    return models
 
 
 def copy_run(run_dir, target):
@@ -83,7 +91,7 @@ def test_curve_data_equal_the_history(run_dir):
     history = read_json(run_dir / plots.HISTORY_FILE)
     metrics = read_json(run_dir / plots.METRICS_FILE)
     data = plots.curve_data(history, metrics)
-    assert data["epochs"] == [1, 2, 3]
+    assert data["epochs"] == [1, 2]
     assert data["loss"] == {"training": history["loss"], "validation": history["val_loss"]}
     assert data["accuracy"]["training"] == pytest.approx([100 * a for a in history["accuracy"]])
     assert data["accuracy"]["validation"] == pytest.approx(
@@ -161,16 +169,29 @@ def test_plots_only_on_a_folder_without_a_run_is_one_line_exit_2(tmp_path, capsy
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name,damage", [
+    (plots.HISTORY_FILE, lambda history: "{\"loss\": [1.0"),  # cut short
+    (plots.METRICS_FILE, lambda metrics: {k: v for k, v in metrics.items() if k != "epoch"}),
+    (plots.METRICS_FILE, lambda metrics: {**metrics, "confusion_matrix": [[1, 2], [3, 4]]}),
+])
+def test_plots_only_on_damaged_json_is_one_line_exit_2(run_dir, tmp_path, capsys, name, damage):
+    folder = copy_run(run_dir, tmp_path / "damaged")
+    write_json_file(damage(read_json(folder / name)), folder / name)
+    assert train.main(["--plots-only", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(folder) in err[0] and "train.py" in err[0]
+    assert not list(folder.glob("*.png"))
+
+
 def test_plots_only_cannot_be_combined_with_no_plots(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.parse_args(["--plots-only", "models", "--no-plots"])
     assert exit_info.value.code == 2 and "--plots-only" in capsys.readouterr().err
 
 
-def test_no_plots_writes_no_pictures(tmp_path):
-    assert train_tiny(tmp_path, "--epochs", "1", "--no-plots") == 0
-    assert (tmp_path / "models" / train.METRICS_FILE).is_file()
-    assert not list((tmp_path / "models").glob("*.png"))
+def test_no_plots_writes_no_pictures(no_plots_run):
+    models, pictures = no_plots_run
+    assert (models / train.METRICS_FILE).is_file() and pictures == []
 
 
 def test_training_without_matplotlib_succeeds_with_one_note(run_dir, tmp_path, monkeypatch, capsys):
