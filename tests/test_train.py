@@ -378,7 +378,7 @@ def test_too_small_segments_exit_2_before_training(tmp_path, capsys):
 
 
 def test_end_to_end_preprocesses_then_reuses_the_cache(workdir, monkeypatch, capsys):
-    command = [sys.executable, str(ROOT / "train.py"), "--epochs", "2", "--device", "cpu",
+    command = [sys.executable, str(ROOT / "train.py"), "--epochs", "1", "--device", "cpu",
                "--no-plots"]
     first = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
