@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - Windows
 STALE_TEMP_SECONDS = 600  # a temp file untouched this long, and unlocked, belongs to a dead writer
 # The first bytes of a zip file, and so of a NumPy .npz archive (the second: an empty archive).
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+HEAD_BYTES = 4096  # how much of an existing output file check_output_file shows to its recogniser
 
 
 class DataError(Exception):
@@ -117,11 +118,13 @@ def write_json(obj, path, indent=None, flag=None):
 # Outputs: never replace a stranger's file, one run per output folder
 
 
-def check_archive_output(path, flag):
-    """Refuse an output path that holds something other than a NumPy archive (.npz).
+def check_output_file(path, flag, kind, suffix, is_ours):
+    """Refuse an existing output path unless it is a regular file that is_ours(head) recognises.
 
-    The path may be absent, an empty file, or a zip file, damaged ones included so that a broken
-    cache is rebuilt; a folder, a device or any other file is someone else's and is never replaced.
+    head is the file's first HEAD_BYTES bytes; an empty file is always replaceable (it holds
+    nothing to lose). kind names what may be replaced ("a NumPy archive (.npz)") and suffix the
+    file name to ask for instead (".npz"). Anything else at path -- a folder, a device, another
+    kind of file -- is someone else's and is never replaced: DataError naming flag.
     """
     path = Path(path).absolute()
     try:
@@ -132,18 +135,27 @@ def check_archive_output(path, flag):
         raise DataError(
             f"{flag} {path} cannot be checked ({exc.strerror}): pass another {flag}") from None
     if stat.S_ISDIR(mode):
-        raise DataError(f"{flag} {path} is a folder: pass the path of a .npz file with {flag}")
+        raise DataError(f"{flag} {path} is a folder: pass the path of a {suffix} file with {flag}")
     if not stat.S_ISREG(mode):
-        raise DataError(f"{flag} {path} is not a regular file: pass the path of a .npz file")
+        raise DataError(f"{flag} {path} is not a regular file: pass the path of a {suffix} file")
     try:
         with open(path, "rb") as handle:
-            head = handle.read(4)
+            head = handle.read(HEAD_BYTES)
     except OSError as exc:
-        raise DataError(f"{flag} {path} cannot be read ({exc.strerror}) to check that it is a "
-                        f"NumPy archive: pass another {flag}") from None
-    if head and head not in ZIP_SIGNATURES:
-        raise DataError(f"{flag} {path} exists and is not a NumPy archive (.npz), so it is not "
-                        f"replaced: pass another {flag} or move that file away")
+        raise DataError(f"{flag} {path} cannot be read ({exc.strerror}) to check that it is "
+                        f"{kind}: pass another {flag}") from None
+    if head and not is_ours(head):
+        raise DataError(f"{flag} {path} exists and is not {kind}, so it is not replaced: pass "
+                        f"another {flag} or move that file away")
+
+
+def check_archive_output(path, flag):
+    """Refuse an output path that holds something other than a NumPy archive (.npz).
+
+    Any zip file counts, damaged ones included, so that a broken cache is rebuilt.
+    """
+    check_output_file(path, flag, "a NumPy archive (.npz)", ".npz",
+                      lambda head: head[:4] in ZIP_SIGNATURES)
 
 
 def check_output_folder(folder, flag, names):

@@ -243,14 +243,17 @@ def draw_confusion(panels, title):
     return figure
 
 
-def save_figure(figure, path):
-    """Write a figure as PNG, atomically."""
-    with atomic_write(path) as handle:
+def save_figure(figure, path, flag="--model-dir"):
+    """Write a figure as PNG, atomically; flag names the option that chose its folder."""
+    with atomic_write(path, flag=flag) as handle:
         figure.savefig(handle, format="png")
 
 
-def draw_run(model_dir):
-    """Draw both pictures of the run in model_dir from its JSON files; return their paths."""
+def draw_run(model_dir, flag="--model-dir"):
+    """Draw both pictures of the run in model_dir from its JSON files; return their paths.
+
+    flag names the option that chose model_dir, for the message of a failed write.
+    """
     model_dir = Path(model_dir)
     history = read_json(model_dir / HISTORY_FILE)
     metrics = read_json(model_dir / METRICS_FILE)
@@ -262,6 +265,6 @@ def draw_run(model_dir):
     except DataError as exc:
         raise DataError(f"{model_dir}: {exc}") from None
     paths = [model_dir / CURVES_FILE, model_dir / CONFUSION_FILE]
-    save_figure(draw_curves(curves), paths[0])
-    save_figure(draw_confusion(panels, confusion_title(metrics)), paths[1])
+    save_figure(draw_curves(curves), paths[0], flag)
+    save_figure(draw_confusion(panels, confusion_title(metrics)), paths[1], flag)
     return paths

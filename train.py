@@ -714,7 +714,7 @@ def redraw(model_dir):
     check_output_folder(model_dir, "--plots-only", PICTURE_FILES)
     with folder_lock(model_dir, LOCK_FILE, "--plots-only"):
         try:
-            paths = plots.draw_run(model_dir)
+            paths = plots.draw_run(model_dir, "--plots-only")
         except ImportError:
             raise UsageError("--plots-only needs matplotlib: pip install matplotlib") from None
     print("Saved:")

@@ -100,6 +100,24 @@ def test_archive_check_accepts_npz_files_and_nothing_else(tmp_path):
     for path in (Path(os.devnull), tmp_path):
         with pytest.raises(common.DataError, match=r"^--cache /"):
             common.check_archive_output(path, "--cache")
+    (tmp_path / "notes.txt").write_text("my notes")
+    with pytest.raises(common.DataError, match=r"notes\.txt exists and is not a NumPy archive"):
+        common.check_archive_output(tmp_path / "notes.txt", "--cache")
+
+
+def test_the_output_file_check_takes_any_recogniser(tmp_path):
+    """As a script writing JSON would use it: only a JSON object may be replaced."""
+    def is_json_object(head):
+        return head.lstrip().startswith(b"{")
+
+    (tmp_path / "data.json").write_text('{"mapping": []}')
+    common.check_output_file(tmp_path / "data.json", "--data", "a JSON object", ".json",
+                             is_json_object)
+    (tmp_path / "notes.txt").write_text("my notes")
+    with pytest.raises(common.DataError, match=r"^--data \S+notes\.txt exists and is not a JSON "
+                                               r"object, so it is not replaced: pass another --data"):
+        common.check_output_file(tmp_path / "notes.txt", "--data", "a JSON object", ".json",
+                                 is_json_object)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +236,8 @@ def test_write_errors_say_free_some_space_only_on_a_full_disk(tmp_path, code, sa
 
 @pytest.mark.parametrize("failing, flag", [("preprocessed_data.npz", "--cache"),
                                            (train.MAPPING_FILE, "--model-dir"),
-                                           (train.BEST_MODEL_FILE, "--model-dir")])
+                                           (train.BEST_MODEL_FILE, "--model-dir"),
+                                           (train.PICTURE_FILES[0], "--model-dir")])
 def test_every_write_in_a_read_only_place_names_its_flag(workdir, capsys, monkeypatch, failing,
                                                          flag):
     real_mkstemp = common.tempfile.mkstemp
@@ -229,7 +248,8 @@ def test_every_write_in_a_read_only_place_names_its_flag(workdir, capsys, monkey
         return real_mkstemp(*args, prefix=prefix, **kwargs)
 
     monkeypatch.setattr(common.tempfile, "mkstemp", read_only_for)
-    assert run_main(train, "--model-dir", "models", "--epochs", 1, "--device", "cpu", "--no-plots") == 2
+    plots = [] if failing in train.PICTURE_FILES else ["--no-plots"]
+    assert run_main(train, "--model-dir", "models", "--epochs", 1, "--device", "cpu", *plots) == 2
     line, _ = one_error_line(capsys)
     path = workdir / failing if flag == "--cache" else workdir / "models" / failing
     assert f"cannot write {path} (Read-only file system): pass another {flag}" in line
