@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DataError, at_least, atomic_write, file_path
+from common import DataError, HelpFormatter, at_least, atomic_write, file_path
 
 # The recipe. Defaults are the tutorial's constants and current librosa's own defaults.
 SAMPLE_RATE = 22050  # Hz; every file is resampled to it and mixed down to mono
@@ -335,6 +335,10 @@ def find_genres(audio_dir):
     if not genres:
         raise DataError(f"{root} has no genre subfolders: put each genre's audio files in a "
                         f"subfolder named after the genre (e.g. {root}/blues/)")
+    if len(genres) == 1:
+        raise DataError(f"{root} has one subfolder, {genres[0].name}/, so one genre: a classifier "
+                        f"needs two or more (if the genre folders are inside it, pass "
+                        f"{genres[0]})")
     return genres
 
 
@@ -612,9 +616,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Extract the MFCCs of 3-s segments of genre folders of audio into data.json, "
                     "with the full recipe in its 'features' object.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("audio_dir", nargs="?", type=file_path,
+    parser.add_argument("audio_dir", nargs="?", type=file_path, metavar="AUDIO_DIR",
                         help="folder with one subfolder of audio files per genre")
     parser.add_argument("--data", "--output", dest="data", type=file_path, default=JSON_PATH,
                         help="data.json to write")
@@ -628,7 +632,8 @@ def parse_args(argv=None):
             parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction,
                                 default=default, help=text)
         else:
-            parser.add_argument(flag, dest=key, type=kind, default=default, help=text)
+            parser.add_argument(flag, dest=key, type=kind, default=default, help=text,
+                                metavar=flag[2:].upper().replace("-", "_"))
     args = parser.parse_args(argv)
     if args.demo and (args.audio_dir is not None or args.data != JSON_PATH):
         parser.error("--demo uses its own folders in demo/; drop AUDIO_DIR and --data")

@@ -1,5 +1,6 @@
 """Tests of extract.py: the recipe, librosa equality, formats, skipped files, errors, the CLI."""
 import inspect
+import io
 import json
 import subprocess
 import sys
@@ -210,6 +211,24 @@ def test_extracts_every_readable_file_and_reports_the_rest(audio_dir, tmp_path, 
     assert "  rock        2         4" in out
 
 
+def test_a_terminal_shows_files_done_elapsed_and_remaining():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    step = extract.make_progress(3, screen)
+    for _ in range(3):
+        step()
+    lines = screen.getvalue().split("\r")[1:]
+    assert [line.split(",")[0].strip() for line in lines] == ["1/3 files", "2/3 files", "3/3 files"]
+    assert all("s elapsed" in line and "s left" in line for line in lines)
+    assert screen.getvalue().endswith("\n")
+    quiet = io.StringIO()  # not a terminal: no progress lines in logs
+    extract.make_progress(3, quiet)()
+    assert quiet.getvalue() == ""
+
+
 def test_output_is_the_same_with_one_and_two_workers(audio_dir, tmp_path):
     assert run_extract(audio_dir, tmp_path / "one.json", "--workers", 1) == 0
     assert run_extract(audio_dir, tmp_path / "two.json", "--workers", 2) == 0
@@ -238,8 +257,11 @@ def make_error_case(case, root):
     if case == "no genre folders":
         write_audio(root / "song.wav", 1.0, sample_rate=8000)
     if case == "no readable audio":
-        (root / "blues").mkdir()
-        (root / "blues" / "a.wav").write_text("text")
+        for genre in ("blues", "rock"):
+            (root / genre).mkdir()
+            (root / genre / "a.wav").write_text("text")
+    if case == "one genre":  # typically the parent of the genre folders
+        write_audio(root / "genres" / "blues" / "a.wav", 1.0, sample_rate=8000)
     if case == "genre without segments":
         write_audio(root / "blues" / "a.wav", 1.0, sample_rate=8000)
         write_audio(root / "rock" / "short.wav", 0.2, sample_rate=8000)
@@ -250,6 +272,7 @@ def make_error_case(case, root):
     ("missing", "not found"), ("a file", "is not a folder"), ("empty", "is empty"),
     ("no genre folders", "has no genre subfolders"),
     ("no readable audio", "no readable audio"),
+    ("one genre", "one subfolder, genres/, so one genre: a classifier needs two or more"),
     ("genre without segments", "genre(s) rock have no usable audio"),
 ])
 def test_bad_audio_dir_is_one_line_exit_2_and_writes_nothing(case, words, tmp_path, capsys):
