@@ -301,6 +301,8 @@ def analyse_file(path, features):
         mfccs = signal_mfccs(signal, features, features["num_segments"])
     except DataError as exc:
         return None, str(exc).split(": ", 1)[-1]
+    except Exception as exc:  # noqa: BLE001 - one odd file must not end a long run; it is reported
+        return None, f"analysis failed ({type(exc).__name__}: {exc})"
     if len(mfccs) == 0:
         seconds = features["segment_samples"] / features["sample_rate"]
         return None, (f"shorter than one segment ({len(signal) / features['sample_rate']:.2f} s "
