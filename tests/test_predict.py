@@ -50,15 +50,12 @@ def pipeline(tmp_path_factory):
                 classifier=predict.load_classifier(model, device="cpu"))
 
 
-def test_tracks(pipeline):
+def recorded_test_tracks(pipeline):
     """(audio file, recorded vote) of every test track that train.py reported."""
     tracks = pipeline["metrics"]["track_level"]["tracks"]
     assert len(tracks) == len(GENRES)
     return [(pipeline["root"] / "audio" / t["true_genre"] / f"{t['track']}.wav", t)
             for t in tracks]
-
-
-test_tracks.__test__ = False  # a helper, not a test
 
 
 def run_main(capsys, *args):
@@ -89,7 +86,7 @@ def parse_text(out):
 
 
 def test_test_tracks_get_exactly_the_votes_train_recorded(pipeline, capsys):
-    files = test_tracks(pipeline)
+    files = recorded_test_tracks(pipeline)
     status, out, err = run_main(capsys, "--model", pipeline["model"], "--json", "--workers", 2,
                                 *(path for path, _ in files))
     assert status == 0 and err[0].startswith("Model ")  # the header goes to stderr with --json
@@ -109,7 +106,7 @@ def test_test_tracks_get_exactly_the_votes_train_recorded(pipeline, capsys):
 
 
 def test_text_output_agrees_with_json(pipeline, capsys):
-    files = [str(path) for path, _ in test_tracks(pipeline)]
+    files = [str(path) for path, _ in recorded_test_tracks(pipeline)]
     status, out, _ = run_main(capsys, "--model", pipeline["model"], "--workers", 1, *files)
     assert status == 0
     header = out.splitlines()[0]
@@ -181,7 +178,7 @@ def test_folders_expand_to_their_audio_files_sorted(tmp_path):
 
 
 def test_bad_files_get_one_line_each_while_the_others_are_predicted(pipeline, tmp_path, capsys):
-    good = test_tracks(pipeline)[0][0]
+    good = recorded_test_tracks(pipeline)[0][0]
     text = tmp_path / "notes.wav"
     text.write_text("not audio at all\n")
     truncated = tmp_path / "cut.wav"
