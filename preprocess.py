@@ -22,7 +22,6 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 import extract  # only for the MFCC recipe's schema: importing it needs no audio library
 from common import (DataError, HelpFormatter, atomic_write, check_archive_output, file_path,
@@ -403,6 +402,10 @@ def split_units(y, groups=None):
 
 def split_stratified(unit_labels, settings, unit_of_row=None):
     """Return train/val/test row indices, stratified by label; rows of one unit stay together."""
+    # Imported here, not at the top: predict.py imports this module (for normalize) and should
+    # not pay scikit-learn's start-up time.
+    from sklearn.model_selection import train_test_split
+
     units = np.arange(len(unit_labels))
     rest, test = train_test_split(
         units, test_size=settings.test_split, stratify=unit_labels, random_state=settings.seed

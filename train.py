@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
@@ -423,6 +422,10 @@ def describe_track_votes(probabilities, y_true, tracks, mapping):
 
 def per_genre_scores(y_true, y_pred, mapping):
     """Accuracy (recall), counts, precision and F1 of every genre, from sklearn.metrics."""
+    # Imported here, not at the top: predict.py imports this module for the model alone, and
+    # scikit-learn would add a large share of its start-up time.
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     labels = list(range(len(mapping)))
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
     precision, recall, f1, _ = precision_recall_fscore_support(
@@ -441,6 +444,7 @@ def per_genre_scores(y_true, y_pred, mapping):
 
 def track_scores(probabilities, y_true, tracks, mapping):
     """Track-level accuracy, overall and per genre, and every test track's vote."""
+    from sklearn.metrics import accuracy_score  # imported here: see per_genre_scores
     described = describe_track_votes(probabilities, y_true, tracks, mapping)
     label_of = {genre: label for label, genre in enumerate(mapping)}
     y_track = np.array([label_of[t["true_genre"]] for t in described])

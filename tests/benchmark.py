@@ -6,6 +6,7 @@ Usage:
     python tests/benchmark.py --device cuda           # also times a full 30-epoch project run
     python tests/benchmark.py --part train            # only the training comparison
     python tests/benchmark.py --part extract --tracks 300   # audio -> data.json vs the tutorial loop
+    python tests/benchmark.py --part predict          # predict.py vs extract.py on 100 clips
 
 Without --data it writes a GTZAN-sized data.json (10 genres, 10,000 segments of 130 x 13 full
 precision floats, json.dump(indent=4), about 640 MB) once into the system temp folder and reuses it.
@@ -13,7 +14,9 @@ Project and baseline run alternately, each in its own subprocess: preprocessing 
 time and the child's peak RSS (os.wait4), training by the median seconds per epoch of epochs 2..E.
 The extract part synthesizes --tracks 30-s wav files once (extract.py's demo generator) and
 compares `extract.py` with the tutorial's loop (librosa.load, one mfcc call per segment, one
-process, json.dump), checking that both give the same features. The ratios project/baseline are
+process, json.dump), checking that both give the same features. The predict part times predict.py
+on --predict-tracks such clips against extract.py on the same files, with a model trained briefly
+on them (the time does not depend on the weights). The ratios project/baseline are
 compared with the TARGETS below. Benchmarks report, they do
 not fail: the exit status is 0 (2 on bad arguments, 1 when a child process fails). POSIX only.
 """
@@ -41,6 +44,7 @@ EPOCHS = 4  # epochs per training run; epoch 1 is warm-up, so the median covers 
 CUDA_FULL_EPOCHS = 30  # a full-length GPU run, timed whole (target: under 15 s)
 SEGMENTS = 10_000  # GTZAN: 1,000 tracks x 10 segments
 TRACKS = 300  # synthetic 30-s audio tracks for the extraction comparison ("a few hundred")
+PREDICT_TRACKS = 100  # synthetic 30-s clips that predict.py and extract.py both process
 DATA_DIR = Path(tempfile.gettempdir()) / "genre-benchmark"  # generated input, kept between runs
 EPOCH_TIME = re.compile(r"Epoch time: ([\d.]+)s")  # printed by train.py and by the baseline
 
@@ -50,6 +54,7 @@ TARGETS = {
     "prep_time": ("preprocessing wall time", 0.5, None),
     "prep_mem": ("preprocessing peak memory", 1.0, None),
     "extract": ("extraction wall time", 0.4, None),
+    "predict": ("prediction / extraction", 1.2, None),  # the baseline here is extract.py
 }
 
 BASELINE_PREPROCESS = '''\
@@ -300,6 +305,40 @@ def bench_extraction(audio, baseline, workdir, rounds):
     return results
 
 
+def train_audio_model(audio, workdir):
+    """A model trained for two epochs on extract.py's features of the audio; return its path."""
+    data, models = workdir / "predict_data.json", workdir / "predict_models"
+    print("\nTraining a model on the clips for the prediction comparison ...", flush=True)
+    run_child(["extract.py", audio, "--data", data], workdir / "predict_prepare.log")
+    run_child(["train.py", "--data", data, "--cache", workdir / "predict.npz", "--model-dir",
+               models, "--epochs", 2, "--no-plots", "--device", "cpu"],
+              workdir / "predict_prepare.log")
+    return models / "final_model_pytorch.pt"
+
+
+def bench_prediction(audio, workdir, rounds):
+    """Alternate predict.py and extract.py on the same clips; per-round (seconds, MiB) of each."""
+    model = train_audio_model(audio, workdir)
+    results = {"project": [], "baseline": []}
+    print(f"\nPrediction of {audio}: wall s, peak RSS MiB; predict.py vs extract.py")
+    print(f"  {'round':<6} {'predict.py':>18} {'extract.py':>18}")
+    output = workdir / "predict_extract.json"
+    count = sum(1 for path in Path(audio).rglob("*.wav"))
+    for index in range(1, rounds + 1):
+        commands = {"project": ["predict.py", "--model", model, "--device", "cpu", audio],
+                    "baseline": ["extract.py", audio, "--data", output]}
+        for name, args in commands.items():
+            output.unlink(missing_ok=True)
+            wall, peak, log = run_child(args, workdir / f"predict_{name}.log")
+            results[name].append((wall, peak))
+            if name == "project" and f"Predicted {count} file(s)" not in log:
+                raise RuntimeError(f"predict.py did not predict all {count} clips:\n{log[-500:]}")
+        (pw, pm), (bw, bm) = results["project"][-1], results["baseline"][-1]
+        print(f"  {index:<6} {pw:>7.2f} s {pm:>6.0f} MiB {bw:>7.2f} s {bm:>6.0f} MiB"
+              f"  ratio {pw / bw:.3f}", flush=True)
+    return results
+
+
 def ensure_cache(data, cache, workdir):
     """Build the project's cache once, so that training runs exclude preprocessing."""
     if not cache.is_file():
@@ -360,12 +399,13 @@ def ratio_line(key, project, baseline, unit):
             f"target {wanted}  {verdict}")
 
 
-def summarize(prep, train, extraction=None):
+def summarize(prep, train, extraction=None, prediction=None):
     """Print the medians across rounds and the project/baseline ratios against the targets."""
     print("\nMedians across rounds, ratio project / baseline:")
-    if extraction:
-        med = {name: statistics.median(v[0] for v in runs) for name, runs in extraction.items()}
-        print(ratio_line("extract", med["project"], med["baseline"], "s"))
+    for key, results in (("extract", extraction), ("predict", prediction)):
+        if results:
+            med = {name: statistics.median(v[0] for v in runs) for name, runs in results.items()}
+            print(ratio_line(key, med["project"], med["baseline"], "s"))
     if train:
         med = {name: statistics.median(map(median_after_warmup, runs)) for name, runs in train.items()}
         print(ratio_line("train", med["project"], med["baseline"], "s"))
@@ -426,10 +466,12 @@ def parse_args(argv=None):
                         help="epochs per training run (at least 2; epoch 1 is warm-up)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="training device; cuda also times a full 30-epoch project run")
-    parser.add_argument("--part", choices=("all", "extract", "preprocess", "train"),
+    parser.add_argument("--part", choices=("all", "extract", "predict", "preprocess", "train"),
                         default="all", help="which comparison to run")
     parser.add_argument("--tracks", type=positive_int, default=TRACKS,
                         help="synthetic 30-s tracks for the extraction comparison")
+    parser.add_argument("--predict-tracks", type=positive_int, default=PREDICT_TRACKS,
+                        help="synthetic 30-s clips for the prediction comparison")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is excluded as warm-up")
@@ -445,12 +487,14 @@ def run(args, workdir):
     print(f"Machine: {describe_machine()}")
     print(f"Load average: {load_average()} (other work on this machine skews the timings)")
     baselines = write_baselines(workdir)
-    prep = train = extraction = None
+    prep = train = extraction = prediction = None
     if args.part in ("all", "extract"):
         extraction = bench_extraction(ensure_audio(args.tracks), baselines["extract"], workdir,
                                       args.rounds)
-    if args.part == "extract":
-        summarize(prep, train, extraction)
+    if args.part in ("all", "predict"):
+        prediction = bench_prediction(ensure_audio(args.predict_tracks), workdir, args.rounds)
+    if args.part in ("extract", "predict"):
+        summarize(prep, train, extraction, prediction)
         return
     data = (args.data or ensure_input(args.segments)).resolve()
     print(f"Input: {data} ({data.stat().st_size / 1e6:.1f} MB)")
@@ -464,7 +508,7 @@ def run(args, workdir):
         train = bench_training(commands, workdir, args.rounds)
         if args.device == "cuda":
             bench_cuda_full_run(data, cache, workdir)
-    summarize(prep, train, extraction)
+    summarize(prep, train, extraction, prediction)
     print(f"Load average at the end: {load_average()}")
 
 
