@@ -8,12 +8,14 @@ import shlex
 import pytest
 
 import extract
+import predict
 import preprocess
 import train
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-SCRIPTS = {"extract.py": extract.main, "preprocess.py": preprocess.main, "train.py": train.main}
+SCRIPTS = {"extract.py": extract.main, "preprocess.py": preprocess.main, "train.py": train.main,
+           "predict.py": predict.main}
 
 
 def code_blocks(language):
@@ -38,12 +40,13 @@ def test_readme_audio_walkthrough_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     commands = walkthrough()
     assert [c[:2] for c in commands] == [["python", "extract.py"], ["python", "preprocess.py"],
-                                         ["python", "train.py"]]
+                                         ["python", "train.py"], ["python", "predict.py"]]
     for command in commands:
         args = command[2:] + (["--epochs", "1", "--device", "cpu", "--no-plots"]
                               if command[1] == "train.py" else [])
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()) as out:
             assert SCRIPTS[command[1]](args) == 0, command
+    assert f"Predicted {extract.DEMO_TRACKS} file(s)" in out.getvalue()  # predict.py, last
     assert json.loads((tmp_path / "demo" / "audio.json").read_text())["features"] == \
         extract.default_features()
     assert (tmp_path / "demo" / "audio_models" / train.FINAL_MODEL_FILE).is_file()
