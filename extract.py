@@ -55,7 +55,8 @@ TOP_DB = 80.0  # power_to_db dynamic range below each segment's peak; None = no 
 RES_TYPE = "soxr_hq"  # resampler for files at another rate
 
 JSON_PATH = "data.json"  # output file
-WORKERS = os.cpu_count() or 1  # processes that decode and analyse files in parallel
+# Processes that decode and analyse files in parallel: the cores this process may run on.
+WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 CHUNK_SEGMENTS = 16  # segments analysed per librosa call: bounds memory for long songs
 DEMO_DIR = "demo"  # --demo writes its audio and data here
 DEMO_AUDIO = "audio"  # --demo: synthesized genre folders, under DEMO_DIR
