@@ -302,6 +302,8 @@ def analyse(path, features):
         return file_segments(path, features), None
     except DataError as exc:
         return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others; it is reported
+        return None, f"{path}: analysis failed ({type(exc).__name__}: {exc})"
 
 
 def _ignore_sigint():
@@ -418,6 +420,10 @@ def main(argv=None) -> int:
         return run(args)
     except (DataError, train.UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except concurrent.futures.BrokenExecutor:
+        print("error: a worker process died (out of memory?): try again with --workers 1",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
