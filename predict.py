@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import gc
 import json
-import os
 import signal as signals
 import sys
 import time
@@ -37,7 +36,7 @@ from common import DataError, at_least, file_path
 
 MODEL_PATH = str(Path(train.MODEL_SAVE_PATH) / train.FINAL_MODEL_FILE)  # model used by default
 TOP_GENRES = 3  # genres listed per file, by votes then mean probability
-WORKERS = os.cpu_count() or 1  # processes that decode and analyse files in parallel
+WORKERS = extract.WORKERS  # processes that decode and analyse files in parallel: the usable cores
 
 # What every checkpoint written by train.py holds, with the type of each entry.
 REQUIRED_KEYS = {"model_state_dict": dict, "num_channels": int, "height": int, "width": int,
