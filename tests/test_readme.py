@@ -64,3 +64,56 @@ def test_readme_documents_every_extract_flag(flag):
     names = {flag, flag.replace("--", "--no-", 1)} if flag in ("--center", "--htk") else {flag}
     assert any(f"`{name}" in section or f"{name}`" in section or f"{name}/" in section
                for name in names), flag
+
+
+# ---------------------------------------------------------------------------------------------
+# Every command line the README shows
+
+
+def readme_commands():
+    """Every `python SCRIPT ARGS` command in the README's bash blocks, as (script, args, line)."""
+    commands = []
+    for block in code_blocks("bash"):
+        for line in block.splitlines():
+            for part in line.split("#")[0].split("&&"):
+                words = shlex.split(part)
+                while words and re.fullmatch(r"\w+=\S*", words[0]):  # VAR=value python ...
+                    words = words[1:]
+                if len(words) >= 2 and words[0] == "python" and words[1].endswith(".py"):
+                    commands.append((words[1], words[2:], line.strip()))
+    return commands
+
+
+def test_the_readme_shows_every_script_and_the_benchmark():
+    shown = {script for script, _, _ in readme_commands()}
+    assert {*SCRIPTS, "tests/benchmark.py"} <= shown
+
+
+@pytest.mark.parametrize("script, args, line", readme_commands(),
+                         ids=[line for _, _, line in readme_commands()])
+def test_every_readme_command_line_is_accepted_by_its_script(script, args, line, tmp_path,
+                                                             monkeypatch):
+    # Parsing checks every flag and value against the script as it is now, so a renamed or
+    # removed flag fails here instead of in a user's terminal.
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module("benchmark" if script == "tests/benchmark.py"
+                                     else script.removesuffix(".py"))
+    if "--data" in args and script == "tests/benchmark.py":  # it checks the file exists
+        (tmp_path / args[args.index("--data") + 1]).write_text("{}")
+    module.parse_args(args)
+
+
+def test_the_quick_start_demo_trains_and_saves_a_model(tmp_path, monkeypatch):
+    quick_start = code_blocks("bash")[0].splitlines()[0]
+    command = shlex.split(quick_start.split("&&")[-1])
+    assert command[-3:] == ["python", "train.py", "--demo"]
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        # One epoch instead of thirty keeps the suite fast; everything else is the README's.
+        assert train.main(["--demo", "--epochs", "1", "--no-plots"]) == 0
+    assert "Test Results:" in out.getvalue()
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
+        "data.json", "preprocessed_data.npz", "saved_models"]
+    assert (tmp_path / "demo" / "saved_models" / train.FINAL_MODEL_FILE).is_file()
