@@ -79,6 +79,15 @@ def describe_write_error(path, exc, flag):
     return f"cannot write {Path(path).absolute()} ({exc.strerror or exc}): {elsewhere}"
 
 
+def file_mode(path):
+    """Permissions for a new version of path: the old file's, else what open() would give."""
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(os.stat(path).st_mode)
+    umask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", flag=None):
     """Yield a uniquely named temporary file beside path; it replaces path only if the block ends.
@@ -93,6 +102,10 @@ def atomic_write(path, mode="wb", flag=None):
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             _lock(handle)
+            # mkstemp makes the file private (0600); the result should be as readable as a file
+            # written with open(), or as the one it replaces.
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), file_mode(path))
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

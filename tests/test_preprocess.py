@@ -858,3 +858,17 @@ def test_help_shows_no_default_for_on_off_flags(script, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--demo" in out and "(default: False)" not in out
     assert "(default: 0.2)" in out  # the formatter still shows real defaults
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_written_files_get_the_umask_mode_or_keep_the_old_files_mode(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        common.write_json({}, tmp_path / "new.json")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644  # as open() would give
+        (tmp_path / "shared.json").write_text("{}")
+        os.chmod(tmp_path / "shared.json", 0o664)
+        common.write_json({"a": 1}, tmp_path / "shared.json")
+        assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old_umask)
