@@ -1,7 +1,7 @@
 """Pictures of a training run, drawn from the JSON files that train.py writes beside the model.
 
 Usage:
-    python train.py --plots-only saved_models      # redraw the pictures of an existing run
+    python train.py --plots-only --model-dir DIR   # redraw the pictures of an existing run
 
     from plots import draw_run
     draw_run("saved_models")                       # the same from Python; returns the PNG paths

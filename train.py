@@ -4,7 +4,7 @@ Usage:
     python train.py                       # data.json -> preprocessed_data.npz -> saved_models/
     python train.py --demo                # the same on generated demo data, everything in demo/
     python train.py --epochs 50 --batch-size 32 --device cuda --seed 1
-    python train.py --plots-only saved_models     # redraw the pictures of an earlier run
+    python train.py --plots-only                  # redraw the pictures of saved_models/
 
 The cache is built (or rebuilt, when data.json or the split settings changed) by preprocess.py.
 After training, the best weights by validation loss are restored, tested per genre, and saved with
@@ -589,8 +589,8 @@ def build_parser(split_defaults=True):
                         help=f"train on generated demo data; everything goes to {preprocess.DEMO_DIR}/")
     parser.add_argument("--no-plots", dest="plots", action="store_false", default=MAKE_PLOTS,
                         help=f"skip {plots.CURVES_FILE} and {plots.CONFUSION_FILE}")
-    parser.add_argument("--plots-only", metavar="MODEL_DIR", type=path,
-                        help="only redraw the pictures of that model folder from its JSON files")
+    parser.add_argument("--plots-only", action="store_true",
+                        help="only redraw the pictures of --model-dir from its JSON files")
     return parser
 
 
@@ -599,8 +599,8 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit_split = preprocess.given_split_settings(build_parser(split_defaults=False), argv)
-    if args.plots_only and (args.demo or not args.plots):
-        parser.error("--plots-only redraws the folder it names: drop --demo and --no-plots")
+    if args.plots_only and not args.plots:
+        parser.error("--plots-only draws pictures and --no-plots skips them: drop one")
     preprocess.check_split_arguments(parser, args)
     preprocess.check_distinct(parser, args.data, args.cache, "--cache")
     defaults = (preprocess.JSON_PATH, preprocess.PREPROCESSED_DATA_PATH, MODEL_SAVE_PATH)
@@ -615,13 +615,18 @@ def train_config(args):
                        args.patience, args.seed, bn_stats=args.bn_stats)
 
 
+def resolve_model_dir(args):
+    """The model folder: --model-dir, or the demo's own."""
+    return str(Path(preprocess.DEMO_DIR) / MODEL_SAVE_PATH) if args.demo else args.model_dir
+
+
 def resolve_paths(args):
     """(data.json, cache, model folder) for this run; --demo writes its data set first."""
     if not args.demo:
         return args.data, args.cache, args.model_dir
     json_path, cache_path = preprocess.demo_paths()
     preprocess.ensure_demo_data(json_path)
-    return json_path, cache_path, str(Path(preprocess.DEMO_DIR) / MODEL_SAVE_PATH)
+    return json_path, cache_path, resolve_model_dir(args)
 
 
 def prepare_model_dir(model_dir):
@@ -678,23 +683,33 @@ def run(args):
     print("=" * 60 + "\nPyTorch Training Pipeline for Music Genre Classification\n" + "=" * 60)
     print(describe_device(device, args.device))
     json_path, cache_path, model_dir = resolve_paths(args)
-    # Checked before preprocessing, which can take a while, so that a wrong path fails at once.
+    # Checked before preprocessing, which can take minutes, so that a wrong or busy folder fails
+    # at once; a folder that does not exist yet is created and locked once the data has loaded.
     check_output_folder(model_dir, "--model-dir", MODEL_DIR_FILES)
-    data = preprocess.load_data(json_path, cache_path, preprocess.split_settings(args),
-                                reprocess=args.reprocess, explicit=args.explicit_split)
-    config = train_config(args)
-    set_seed(config.seed)
-    model = build_model(data, device)
-    prepare_model_dir(model_dir)
-    with folder_lock(model_dir, LOCK_FILE, "--model-dir"):
-        print_configuration(data, model, device, config)
-        splits = to_device(data, device)
-        history, best, interrupted = fit(model, splits, data, config, model_dir,
-                                         sys.stdout.isatty())
-        status = finish(model, best, splits, data, config, history, model_dir, interrupted)
-        if args.plots and best is not None:
-            draw_plots(model_dir)
-        return status
+    with contextlib.ExitStack() as held:
+        locked = Path(model_dir).is_dir()
+        if locked:
+            held.enter_context(folder_lock(model_dir, LOCK_FILE, "--model-dir"))
+        data = preprocess.load_data(json_path, cache_path, preprocess.split_settings(args),
+                                    reprocess=args.reprocess, explicit=args.explicit_split)
+        config = train_config(args)
+        set_seed(config.seed)
+        model = build_model(data, device)
+        prepare_model_dir(model_dir)
+        if not locked:
+            held.enter_context(folder_lock(model_dir, LOCK_FILE, "--model-dir"))
+        return train_and_report(model, data, config, device, model_dir, args.plots)
+
+
+def train_and_report(model, data, config, device, model_dir, make_plots):
+    """Train, test, save and draw; return the exit status."""
+    print_configuration(data, model, device, config)
+    splits = to_device(data, device)
+    history, best, interrupted = fit(model, splits, data, config, model_dir, sys.stdout.isatty())
+    status = finish(model, best, splits, data, config, history, model_dir, interrupted)
+    if make_plots and best is not None:
+        draw_plots(model_dir)
+    return status
 
 
 def draw_plots(model_dir):
@@ -703,7 +718,8 @@ def draw_plots(model_dir):
         paths = plots.draw_run(model_dir)
     except ImportError:
         print(f"warning: matplotlib is not installed, so no pictures were drawn: pip install "
-              f"matplotlib, then python train.py --plots-only {shlex.quote(str(model_dir))}",
+              f"matplotlib, then python train.py --plots-only --model-dir "
+              f"{shlex.quote(str(model_dir))}",
               file=sys.stderr)
         return
     for path in paths:
@@ -713,12 +729,12 @@ def draw_plots(model_dir):
 def redraw(model_dir):
     """--plots-only: draw the pictures of an existing model folder, without training."""
     if not Path(model_dir).is_dir():
-        raise DataError(f"--plots-only {model_dir} is not a folder: pass a model folder written "
-                        f"by train.py")
-    check_output_folder(model_dir, "--plots-only", PICTURE_FILES)
-    with folder_lock(model_dir, LOCK_FILE, "--plots-only"):
+        raise DataError(f"--model-dir {Path(model_dir).absolute()} is not a folder: pass a model "
+                        f"folder written by train.py")
+    check_output_folder(model_dir, "--model-dir", PICTURE_FILES)
+    with folder_lock(model_dir, LOCK_FILE, "--model-dir"):
         try:
-            paths = plots.draw_run(model_dir, "--plots-only")
+            paths = plots.draw_run(model_dir, "--model-dir")
         except ImportError:
             raise UsageError("--plots-only needs matplotlib: pip install matplotlib") from None
     print("Saved:")
@@ -731,7 +747,9 @@ def main(argv=None) -> int:
     """Run training; exit status 2 on bad input, 130 when interrupted."""
     args = parse_args(argv)
     try:
-        return redraw(args.plots_only) if args.plots_only else run(args)
+        if args.plots_only:
+            return redraw(resolve_model_dir(args))
+        return run(args)
     except (DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -137,6 +137,15 @@ def test_a_second_run_into_a_locked_model_folder_names_the_folder_and_the_holder
     assert [p.name for p in models.iterdir()] == []  # no checkpoint, and the lock file removed
 
 
+def test_a_busy_model_folder_fails_before_any_preprocessing(workdir, capsys, monkeypatch):
+    models = workdir / "models"
+    models.mkdir()
+    monkeypatch.setattr(preprocess, "load_data", lambda *a, **k: pytest.fail("preprocessed"))
+    with common.folder_lock(models, train.LOCK_FILE, "--model-dir"):
+        assert run_main(train, "--model-dir", "models", "--device", "cpu") == 2
+    assert "is in use" in one_error_line(capsys)[0]
+
+
 def test_training_locks_the_model_folder_and_writes_only_its_own_names(workdir, monkeypatch):
     models = workdir / "models"
     models.mkdir()

@@ -52,7 +52,7 @@ def no_plots_run(tmp_path_factory):
 def run_dir(no_plots_run):
     """That run's model folder with its pictures drawn afterwards by --plots-only."""
     models, _ = no_plots_run
-    assert train.main(["--plots-only", str(models)]) == 0
+    assert train.main(["--plots-only", "--model-dir", str(models)]) == 0
     return models
 
 
@@ -155,7 +155,7 @@ def test_plots_only_redraws_an_older_folder_from_its_json_files(run_dir, tmp_pat
     metrics = read_json(folder / plots.METRICS_FILE)
     del metrics["early_stopped"], metrics["track_level"]["confusion_matrix"]  # older train.py
     write_json_file(metrics, folder / plots.METRICS_FILE)
-    assert train.main(["--plots-only", str(folder)]) == 0
+    assert train.main(["--plots-only", "--model-dir", str(folder)]) == 0
     for name in PICTURES:
         png_size(folder / name)
     assert str(folder / plots.CONFUSION_FILE) in capsys.readouterr().out
@@ -163,7 +163,7 @@ def test_plots_only_redraws_an_older_folder_from_its_json_files(run_dir, tmp_pat
 
 
 def test_plots_only_on_a_folder_without_a_run_is_one_line_exit_2(tmp_path, capsys):
-    assert train.main(["--plots-only", str(tmp_path)]) == 2
+    assert train.main(["--plots-only", "--model-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and plots.HISTORY_FILE in err[0] and "train.py" in err[0]
     assert not list(tmp_path.iterdir())
@@ -177,7 +177,7 @@ def test_plots_only_on_a_folder_without_a_run_is_one_line_exit_2(tmp_path, capsy
 def test_plots_only_on_damaged_json_is_one_line_exit_2(run_dir, tmp_path, capsys, name, damage):
     folder = copy_run(run_dir, tmp_path / "damaged")
     write_json_file(damage(read_json(folder / name)), folder / name)
-    assert train.main(["--plots-only", str(folder)]) == 2
+    assert train.main(["--plots-only", "--model-dir", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(folder) in err[0] and "train.py" in err[0]
     assert not list(folder.glob("*.png"))
@@ -185,7 +185,7 @@ def test_plots_only_on_damaged_json_is_one_line_exit_2(run_dir, tmp_path, capsys
 
 def test_plots_only_cannot_be_combined_with_no_plots(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(["--plots-only", "models", "--no-plots"])
+        train.parse_args(["--plots-only", "--model-dir", "models", "--no-plots"])
     assert exit_info.value.code == 2 and "--plots-only" in capsys.readouterr().err
 
 
@@ -201,8 +201,8 @@ def test_training_without_matplotlib_succeeds_with_one_note(run_dir, tmp_path, m
     assert (models / train.FINAL_MODEL_FILE).is_file() and not list(models.glob("*.png"))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert "pip install matplotlib" in err[0] and f"--plots-only {models}" in err[0]
+    assert "pip install matplotlib" in err[0] and f"--plots-only --model-dir {models}" in err[0]
     folder = copy_run(run_dir, tmp_path / "copy")
-    assert train.main(["--plots-only", str(folder)]) == 2
+    assert train.main(["--plots-only", "--model-dir", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install matplotlib" in err[0]
