@@ -22,8 +22,8 @@ import numpy as np
 
 from common import DataError, atomic_write
 
-HISTORY_FILE = "training_history.json"  # per-epoch loss and accuracy (train.py's HISTORY_FILE)
-METRICS_FILE = "test_metrics.json"  # test scores, best epoch, how training ended (METRICS_FILE)
+HISTORY_FILE = "training_history.json"  # per-epoch loss and accuracy, written by train.py
+METRICS_FILE = "test_metrics.json"  # test scores, best epoch, how training ended (train.py)
 CURVES_FILE = "training_curves.png"  # loss and accuracy per epoch
 CONFUSION_FILE = "confusion_matrix.png"  # test confusion matrices
 DPI = 120  # pixels per inch: text stays sharp on a laptop screen and on a slide

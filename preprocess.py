@@ -385,9 +385,12 @@ def check_genre_sizes(unit_labels, mapping, unit, path):
         raise DataError(f"{path}: only one genre has segments: a classifier needs at least two")
     for genre, count in zip(mapping, counts):
         if 0 < count < MIN_PER_GENRE:
+            # Few tracks with many segments each can still be split by segment (optimistically).
+            other = " or split by segment (--split-by segment)" if unit == "track" else ""
             raise DataError(
                 f"{path}: genre '{genre}' has only {count} {unit}(s); a stratified train/validation/"
-                f"test split needs at least {MIN_PER_GENRE} per genre: add data for it or remove it"
+                f"test split needs at least {MIN_PER_GENRE} per genre: add data for it, remove "
+                f"it{other}"
             )
     return [genre for genre, count in zip(mapping, counts) if count == 0]
 

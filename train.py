@@ -58,8 +58,8 @@ SINGLE_GENRE_SHARE = 0.9  # warn when the tested model calls at least this share
 BEST_MODEL_FILE = "best_model_pytorch.pt"
 FINAL_MODEL_FILE = "final_model_pytorch.pt"
 MAPPING_FILE = "genre_mapping.json"
-HISTORY_FILE = "training_history.json"
-METRICS_FILE = "test_metrics.json"
+HISTORY_FILE = plots.HISTORY_FILE  # plots.py draws the run from these two files
+METRICS_FILE = plots.METRICS_FILE
 LOCK_FILE = ".train.lock"  # exists while a run writes to the folder; names its pid, host, start
 PICTURE_FILES = (plots.CURVES_FILE, plots.CONFUSION_FILE)  # drawn after testing (or --plots-only)
 MODEL_DIR_FILES = (BEST_MODEL_FILE, FINAL_MODEL_FILE, MAPPING_FILE, HISTORY_FILE, METRICS_FILE,
@@ -398,12 +398,6 @@ def rows_by_track(tracks):
     """The row indices of each track, in order of first appearance."""
     tracks = np.asarray(tracks)
     return {track: np.flatnonzero(tracks == track) for track in dict.fromkeys(tracks.tolist())}
-
-
-def vote_tracks(probabilities, tracks):
-    """Majority vote of each track's segment predictions; ties go to the higher mean probability."""
-    return {track: vote_segments(probabilities[rows])[0]
-            for track, rows in rows_by_track(tracks).items()}
 
 
 def describe_track_votes(probabilities, y_true, tracks, mapping):

@@ -573,7 +573,7 @@ BAD_INPUTS = [
                                                      + list(range(20, 30))), "tracks"), [],
      [r"'genre1'", r"only 2 segment"]),
     ("genre-too-few-tracks", lambda d: uneven_genres(d, [10, 2, 10], "track"), [],
-     [r"'genre1'", r"only 2 track"]),
+     [r"'genre1'", r"only 2 track", r"--split-by segment"]),
     ("tracks-wrong-length", lambda d: with_value(d, ["tracks"], d["tracks"][:-1]), [],
      [r"tracks", r"\b29\b", r"\b30\b"]),
     ("one-genre-only", lambda d: drop(subset(d, range(10)), "tracks"), [],

@@ -123,8 +123,11 @@ def test_track_vote_majority_and_tie_break():
         [0.0, 0.99, 0.01],  # mean of class 0 = 0.45, class 1 = 0.52
         [0.2, 0.3, 0.5],  # track c: single segment -> 2
     ])
-    votes = train.vote_tracks(probabilities, ["a", "a", "a", "b", "b", "c"])
+    tracks = {"a": [0, 1, 2], "b": [3, 4], "c": [5]}
+    votes = {track: train.vote_segments(probabilities[rows])[0] for track, rows in tracks.items()}
     assert votes == {"a": 0, "b": 1, "c": 2}
+    rows = train.rows_by_track(["a", "a", "a", "b", "b", "c"])
+    assert {track: list(r) for track, r in rows.items()} == tracks
 
 
 # ---------------------------------------------------------------------------------------------
