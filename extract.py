@@ -16,6 +16,7 @@ else) can import this module to validate a recipe without the audio libraries in
 """
 import argparse
 import concurrent.futures
+import importlib.util
 import json
 import math
 import os
@@ -70,6 +71,14 @@ OUR_KEYS = ("mapping", "labels", "mfcc", "tracks", "features")  # keys of a data
 DEMO_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop",
                "reggae", "rock")
 PAD_MODES = ("constant", "edge", "linear_ramp", "reflect", "symmetric")
+# librosa's resamplers (librosa.resample's res_type) -> the package each one runs on.
+RESAMPLERS = {
+    **dict.fromkeys(("soxr_vhq", "soxr_hq", "soxr_mq", "soxr_lq", "soxr_qq"), "soxr"),
+    **dict.fromkeys(("kaiser_best", "kaiser_fast"), "resampy"),
+    **dict.fromkeys(("fft", "scipy", "polyphase"), "scipy"),
+    **dict.fromkeys(("linear", "zero_order_hold", "sinc_best", "sinc_medium", "sinc_fastest"),
+                    "samplerate"),
+}
 
 # Recipe key -> (kind, may be null). Every key is required; "derived" keys follow from the others.
 FIELDS = {
@@ -179,6 +188,49 @@ def _impossible(f):
     return None
 
 
+def first_line(text):
+    """The first non-blank line of a (library's, possibly multi-line) message."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def installed(package):
+    """True when package can be imported here (without importing it)."""
+    return importlib.util.find_spec(package) is not None
+
+
+def _window_problem(window):
+    """Why scipy (which librosa asks for its windows) rejects window, or None.
+
+    scipy comes with librosa; where it is missing nothing computes a window, so nothing is checked.
+    """
+    try:
+        from scipy.signal import get_window
+    except ImportError:
+        return None
+    try:
+        get_window(window, 4)
+    except (ValueError, TypeError) as exc:
+        return (f"'window' = {json.dumps(window)} is not a window scipy.signal.get_window "
+                f"accepts ({first_line(exc)}): use e.g. hann, hamming, blackman or boxcar")
+    return None
+
+
+def _resampler_problem(res_type):
+    """Why librosa cannot resample with res_type here, or None.
+
+    Whether its package is installed matters only where librosa is: nothing resamples elsewhere.
+    """
+    if res_type not in RESAMPLERS:
+        return (f"'res_type' = {json.dumps(res_type)} is not a librosa resampler: use one of "
+                f"{', '.join(RESAMPLERS)}")
+    package = RESAMPLERS[res_type]
+    if installed("librosa") and not installed(package):
+        usable = [name for name, needs in RESAMPLERS.items() if installed(needs)]
+        return (f"'res_type' = {json.dumps(res_type)} needs the {package} package: "
+                f"`pip install {package}`, or use one of {', '.join(usable)}")
+    return None
+
+
 def validate_features(obj, where):
     """Return a checked copy of a recipe; DataError (one line, prefixed by where) if malformed."""
     if not isinstance(obj, dict):
@@ -193,7 +245,8 @@ def validate_features(obj, where):
                         f"re-extract with extract.py")
     for key in FIELDS:
         _check_type(key, obj[key], where)
-    problem = _impossible(obj)
+    problem = (_impossible(obj) or _window_problem(obj["window"])
+               or _resampler_problem(obj["res_type"]))
     if problem:
         raise DataError(f"{where}: {problem}")
     features = {key: obj[key] for key in FIELDS}
@@ -234,7 +287,8 @@ def load_signal(path, features):
             signal, _ = librosa.load(audio, sr=features["sample_rate"], mono=True,
                                      res_type=features["res_type"], dtype=np.float32)
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
-        reason = str(exc).split(": ", 1)[-1].strip() or type(exc).__name__
+        # libsndfile's own words, without soundfile's "Error opening '<path>': " before them.
+        reason = first_line(getattr(exc, "error_string", None) or exc) or type(exc).__name__
         raise DataError(f"{path}: not readable audio ({reason})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
@@ -301,9 +355,9 @@ def analyse_file(path, features):
         signal = load_signal(path, features)
         mfccs = signal_mfccs(signal, features, features["num_segments"])
     except DataError as exc:
-        return None, str(exc).split(": ", 1)[-1]
+        return None, str(exc).removeprefix(f"{path}: ")
     except Exception as exc:  # noqa: BLE001 - one odd file must not end a long run; it is reported
-        return None, f"analysis failed ({type(exc).__name__}: {exc})"
+        return None, f"analysis failed ({type(exc).__name__}: {first_line(exc)})"
     if len(mfccs) == 0:
         seconds = features["segment_samples"] / features["sample_rate"]
         return None, (f"shorter than one segment ({len(signal) / features['sample_rate']:.2f} s "
@@ -377,8 +431,16 @@ def _ignore_sigint():
 
 def warm_up(features):
     """Run the analysis once on silence, so that librosa's lazy imports and compiled kernels are
-    loaded before the workers fork (each would otherwise pay for them again)."""
-    signal_mfccs(np.zeros(features["segment_samples"], dtype=np.float32), features)
+    loaded before the workers fork (each would otherwise pay for them again).
+
+    A recipe that passed validate_features should not fail here; if librosa still refuses it,
+    that is said in one line before any file is read.
+    """
+    try:
+        signal_mfccs(np.zeros(features["segment_samples"], dtype=np.float32), features)
+    except Exception as exc:  # noqa: BLE001 - librosa's errors have no common base class
+        raise DataError(f"librosa cannot compute these MFCC settings ({type(exc).__name__}: "
+                        f"{first_line(exc)}): change them") from None
 
 
 def analyse_all(paths, features, workers, progress):
@@ -668,6 +730,9 @@ def main(argv=None) -> int:
         mapping, kept, skipped, ignored = extract(audio_dir, output, args.features, args.workers)
     except DataError as exc:
         warn(f"error: {exc}")
+        return 2
+    except concurrent.futures.BrokenExecutor:
+        warn("error: a worker process died (out of memory?): try again with --workers 1")
         return 2
     except KeyboardInterrupt:
         print(f"\nInterrupted; {output} is unchanged.", file=sys.stderr)

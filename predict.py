@@ -302,7 +302,8 @@ def analyse(path, features):
     except DataError as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others; it is reported
-        return None, f"{path}: analysis failed ({type(exc).__name__}: {exc})"
+        reason = f"{type(exc).__name__}: {extract.first_line(exc)}"
+        return None, f"{path}: analysis failed ({reason})"
 
 
 def _ignore_sigint():

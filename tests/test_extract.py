@@ -1,7 +1,10 @@
 """Tests of extract.py: the recipe, librosa equality, formats, skipped files, errors, the CLI."""
+import importlib.util
 import inspect
 import io
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
 
@@ -90,6 +93,10 @@ def test_default_recipe_is_the_tutorials_with_librosas_own_defaults():
     (lambda f: {**f, "pad_mode": "wrap"}, "'pad_mode' = \"wrap\" must be one of"),
     (lambda f: {**f, "frames": 129}, "'frames' = 129 does not follow"),
     (lambda f: {**f, "segment_samples": 1}, "'segment_samples' = 1 does not follow"),
+    (lambda f: {**f, "window": "foo"}, "'window' = \"foo\" is not a window scipy.signal."),
+    (lambda f: {**f, "window": "kaiser"}, "'window' = \"kaiser\" is not a window scipy"),
+    (lambda f: {**f, "res_type": "foo"}, "'res_type' = \"foo\" is not a librosa resampler: "
+                                         "use one of soxr_vhq, soxr_hq"),
 ])
 def test_malformed_recipes_are_one_line_data_errors(change, words):
     with pytest.raises(DataError) as error:
@@ -102,6 +109,27 @@ def test_malformed_recipes_are_one_line_data_errors(change, words):
 def test_validation_accepts_nulls_where_librosa_does():
     features = {**extract.default_features(), "mel_norm": None, "dct_norm": None, "top_db": None}
     assert extract.validate_features(features, "x") == features
+
+
+@pytest.mark.parametrize("window", ["hann", "hamming", "blackman", "boxcar", "triang"])
+@pytest.mark.parametrize("res_type", ["soxr_hq", "soxr_qq", "fft", "scipy", "polyphase"])
+def test_windows_and_resamplers_librosa_can_use_here_are_accepted(window, res_type):
+    features = {**extract.default_features(), "window": window, "res_type": res_type}
+    assert extract.validate_features(features, "x") == features
+    librosa.filters.get_window(window, 4)  # and librosa does take them
+    assert librosa.resample(np.ones(100), orig_sr=2, target_sr=1, res_type=res_type).shape == (50,)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("resampy") is not None, reason="resampy installed")
+def test_a_resampler_whose_package_is_missing_names_the_package(capsys):
+    with pytest.raises(ImportError):  # what librosa would run into on the first file to resample
+        librosa.resample(np.ones(100), orig_sr=2, target_sr=1, res_type="kaiser_best")
+    with pytest.raises(SystemExit) as exit_info:
+        extract.parse_args(["genres", "--res-type", "kaiser_best"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert "'res_type' = \"kaiser_best\" needs the resampy package: `pip install resampy`" in err
+    assert "soxr_hq" in err and "kaiser_fast" not in err.split("use one of")[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +255,52 @@ def test_a_terminal_shows_files_done_elapsed_and_remaining():
     quiet = io.StringIO()  # not a terminal: no progress lines in logs
     extract.make_progress(3, quiet)()
     assert quiet.getvalue() == ""
+
+
+def test_reasons_are_one_line_and_keep_file_names_with_colons(tmp_path, monkeypatch):
+    broken = tmp_path / "Artist: Song.wav"
+    broken.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(40))
+    with pytest.raises(soundfile.LibsndfileError) as libsndfile:
+        soundfile.read(broken)
+    assert extract.analyse_file(broken, TINY_FEATURES) == (
+        None, f"not readable audio ({libsndfile.value.error_string})")
+    write_audio(tmp_path / "a: b.wav", 0.3, sample_rate=8000)  # a DataError-free skip reason
+    assert extract.analyse_file(tmp_path / "a: b.wav", TINY_FEATURES)[1].startswith(
+        "shorter than one segment (0.30 s")
+    with pytest.raises(DataError, match=r"^.*Artist: Song\.wav: not readable audio \("):
+        extract.load_signal(broken, TINY_FEATURES)
+
+    def fail(*args, **kwargs):
+        raise ValueError("first line\n  second line\n  third line")
+
+    monkeypatch.setattr(extract, "signal_mfccs", fail)
+    song = write_audio(tmp_path / "Artist: Other.wav", 1.0, sample_rate=8000)
+    assert extract.analyse_file(song, TINY_FEATURES) == (
+        None, "analysis failed (ValueError: first line)")
+    with pytest.raises(DataError) as error:  # librosa refusing the recipe itself: one line
+        extract.warm_up(TINY_FEATURES)
+    assert "(ValueError: first line): change them" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def die_in_a_worker(path, features):
+    """analyse_file as a worker killed by the system (out of memory) would run it."""
+    if multiprocessing.parent_process() is not None:
+        os._exit(1)
+    return extract.analyse_file(path, features)
+
+
+def test_a_dead_worker_is_one_line_and_keeps_the_old_data_json(audio_dir, tmp_path,
+                                                               monkeypatch, capsys):
+    output = tmp_path / "data.json"
+    output.write_text('{"mapping": ["old"]}')
+    monkeypatch.setattr(extract, "analyse_file", die_in_a_worker)
+    assert run_extract(audio_dir, output, "--workers", 2) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "error: a worker process died (out of memory?): try again with --workers 1"]
+    assert output.read_text() == '{"mapping": ["old"]}'
+    assert list(tmp_path.glob(".*.tmp")) == []
 
 
 def test_output_is_the_same_with_one_and_two_workers(audio_dir, tmp_path):
@@ -390,6 +464,8 @@ def test_without_a_recipe_the_tutorial_one_is_assumed_and_said_once(tmp_path, ca
     ({**TINY_FEATURES, "n_mfcc": 12}, "'features' describes segments of 16 frames x 12 MFCCs, "
                                       "but the segments are 16 x 13"),
     ({**TINY_FEATURES, "hop_length": 0}, "'hop_length' = 0 must be at least 1"),
+    ({**TINY_FEATURES, "window": "foo"}, "'window' = \"foo\" is not a window"),
+    ({**TINY_FEATURES, "res_type": "foo"}, "'res_type' = \"foo\" is not a librosa resampler"),
 ])
 def test_bad_recipes_stop_preprocess_with_one_line(features, words, tmp_path, capsys):
     data = recipe_data(TINY_FEATURES, features=features)

@@ -197,6 +197,25 @@ def test_bad_files_get_one_line_each_while_the_others_are_predicted(pipeline, tm
     assert "Predicted 1 file(s)" in out and "5 failed" in out
 
 
+def test_a_model_with_an_unusable_recipe_is_one_line(pipeline, tmp_path, capsys):
+    checkpoint = torch.load(pipeline["model"], weights_only=True)
+    checkpoint["features"] = {**checkpoint["features"], "window": "foo"}
+    torch.save(checkpoint, tmp_path / "model.pt")
+    song = recorded_test_tracks(pipeline)[0][0]
+    status, out, err = run_main(capsys, "--model", tmp_path / "model.pt", song)
+    assert status == 2 and out == "" and len(err) == 1
+    assert f"{tmp_path / 'model.pt'}: 'features': 'window' = \"foo\" is not a window" in err[0]
+
+
+def test_an_unexpected_failure_is_reported_by_its_first_line(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise ValueError("first line\n  second line")
+
+    monkeypatch.setattr(predict, "file_segments", fail)
+    assert predict.analyse("Artist: Song.wav", {}) == (
+        None, "Artist: Song.wav: analysis failed (ValueError: first line)")
+
+
 def test_no_model_says_how_to_train_one(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     status, out, err = run_main(capsys, "song.wav")
