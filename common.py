@@ -1,7 +1,7 @@
 """Helpers shared by every step of the pipeline (extract -> preprocess -> train -> predict).
 
 Nothing here imports torch, librosa or another script, so any script can use it and stay light:
-the error type that scripts turn into one line on stderr, atomic file writes, the checks that keep
+the error types that scripts turn into one line on stderr, atomic file writes, the checks that keep
 a script from replacing a file that is not its own, a lock on an output folder, and argparse helpers.
 """
 import argparse
@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import re
 import socket
 import stat
 import sys
@@ -30,6 +31,10 @@ HEAD_BYTES = 4096  # how much of an existing output file check_output_file shows
 
 class DataError(Exception):
     """Bad input or an impossible setting: the message names the problem, where, and what to do."""
+
+
+class UsageError(Exception):
+    """A setting that cannot work on this machine, such as --device cuda without a GPU."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +276,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.nargs == 0:  # store_true and friends take no value, so have no default to show
             return action.help
         return super()._get_help_string(action)
+
+
+def device_name(text):
+    """argparse type: auto, cpu, cuda or cuda:N (whether it exists here is checked with torch)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
+    return text
 
 
 def seed_value(text):

@@ -27,16 +27,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import extract
 import preprocess
-import train
-from common import DataError, at_least, file_path
+from common import DataError, UsageError, at_least, device_name, file_path
 
-MODEL_PATH = str(Path(train.MODEL_SAVE_PATH) / train.FINAL_MODEL_FILE)  # model used by default
+# torch (and train.py, which imports it) is imported only where a model is loaded or used: the
+# command line starts its worker processes first, so that they do not inherit torch, and analyses
+# audio while torch is imported and the model is loaded.
+
+MODEL_PATH = "saved_models/final_model_pytorch.pt"  # model used by default: train.py's output
 TOP_GENRES = 3  # genres listed per file, by votes then mean probability
 WORKERS = extract.WORKERS  # processes that decode and analyse files in parallel: the usable cores
+# The recipe the command line analyses files with before the model is loaded and says its own:
+# extract.py's default, which nearly every model has. Under another recipe the files start again.
+USUAL_FEATURES = extract.default_features()
 
 # What every checkpoint written by train.py holds, with the type of each entry.
 REQUIRED_KEYS = {"model_state_dict": dict, "num_channels": int, "height": int, "width": int,
@@ -49,8 +54,8 @@ TRAIN_HINT = ("train one with `python train.py`, or try `python train.py --demo`
 class Classifier:
     """A trained model with what it takes to featurize and scale new audio as its training data."""
 
-    model: torch.nn.Module
-    device: torch.device
+    model: "torch.nn.Module"
+    device: "torch.device"
     path: str
     mapping: list
     norm_min: float
@@ -67,6 +72,9 @@ class Classifier:
 
 def read_checkpoint(path, device):
     """The checkpoint's dict, loaded safely; DataError for a missing or foreign file."""
+    import torch
+    import train
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"no model at {path}: {TRAIN_HINT}")
@@ -111,6 +119,9 @@ def check_checkpoint(checkpoint, path):
 
 def build_network(checkpoint, path, device):
     """The GenreClassifier of a checkpoint, with its weights, in evaluation mode on device."""
+    import torch
+    import train
+
     try:
         model = train.GenreClassifier(checkpoint["num_channels"], checkpoint["height"],
                                       checkpoint["width"], checkpoint["num_classes"])
@@ -149,6 +160,9 @@ def load_classifier(path=MODEL_PATH, device="cpu"):
 
     device: a torch.device or a --device name (auto, cpu, cuda, cuda:N).
     """
+    import torch
+    import train
+
     device = device if isinstance(device, torch.device) else train.resolve_device(device)
     checkpoint = read_checkpoint(path, device)
     features, assumed = stored_recipe(checkpoint, path)
@@ -217,6 +231,8 @@ def one_cpu_thread():
     while torch's idle worker threads keep spinning for a while after each call and measured
     nearly halving the speed of the audio analysis that runs next to them.
     """
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -227,6 +243,9 @@ def one_cpu_thread():
 
 def classify(clf, mfccs):
     """The vote of a song's segments: genre, segment count and the top genres."""
+    import torch
+    import train
+
     x = preprocess.normalize(mfccs[:, None], clf.norm_min, clf.norm_max)
     x = torch.from_numpy(x).to(clf.device).contiguous(memory_format=torch.channels_last)
     with one_cpu_thread():
@@ -311,26 +330,53 @@ def _ignore_sigint():
     signals.signal(signals.SIGINT, signals.SIG_IGN)
 
 
-def analyse_all(paths, features, workers):
-    """analyse() of every path, in input order, by a pool of processes when there are several."""
-    if workers == 1 or len(paths) < 2:
-        yield from (analyse(path, features) for path in paths)
+@contextlib.contextmanager
+def analysis_pool(workers, count):
+    """A pool of processes to analyse count files, or None when this process does them all."""
+    if workers == 1 or count < 2:
+        yield None
         return
-    extract.warm_up(features)  # load librosa's lazy parts once, before the workers fork
-    # The forked workers inherit torch's hundreds of thousands of Python objects; frozen, they
-    # are left out of the workers' garbage collections, which would otherwise scan them (and copy
-    # their memory pages) again and again: measured about 10 % of the CPU time of a folder.
-    gc.freeze()
-    try:
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(paths)),
-                                                    initializer=_ignore_sigint) as pool:
-            try:
-                yield from pool.map(analyse, paths, [features] * len(paths))
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    finally:
-        gc.unfreeze()
+    extract.warm_up(USUAL_FEATURES)  # load librosa's lazy parts once, before the workers fork
+    with concurrent.futures.ProcessPoolExecutor(min(workers, count),
+                                                initializer=_ignore_sigint) as pool:
+        try:
+            yield pool
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def start_analyses(pool, paths, features):
+    """Futures of analyse() for every path, in input order; None without a pool."""
+    if pool is None:
+        return None
+    return [pool.submit(analyse, path, features) for path in paths]
+
+
+def analyses(futures, paths, features):
+    """(MFCCs, error) of every path in input order: the futures' results, or analysed here."""
+    if futures is None:
+        return (analyse(path, features) for path in paths)
+    return (future.result() for future in futures)
+
+
+def same_recipe(a, b):
+    """Whether two recipes give the same numbers: equal values of the same types (2 == 2.0, but
+    NumPy need not compute the same with an int as with a float)."""
+    return a.keys() == b.keys() and all(type(a[k]) is type(b[k]) and a[k] == b[k] for k in a)
+
+
+def load_while_analysing(pool, files, args):
+    """(classifier, analyses of files). The workers start on the files with the usual recipe
+    while this process imports torch and loads the model (about a second), and start again,
+    with the model's recipe, in the rare case that it is another one."""
+    futures = start_analyses(pool, files, USUAL_FEATURES)
+    clf = load_classifier(args.model, args.device)
+    if not same_recipe(clf.features, USUAL_FEATURES):
+        for future in futures or ():
+            future.cancel()
+        futures = start_analyses(pool, files, clf.features)
+    return clf, analyses(futures, files, clf.features)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +394,7 @@ def parse_args(argv=None):
                         help="audio files, or folders whose audio files are all predicted")
     parser.add_argument("--model", type=file_path, default=MODEL_PATH,
                         help="checkpoint written by train.py")
-    parser.add_argument("--device", type=train.device_name, default="auto",
+    parser.add_argument("--device", type=device_name, default="auto",
                         help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=at_least(int, 1), default=WORKERS,
                         help="processes analysing files in parallel")
@@ -379,10 +425,10 @@ def report_error(message):
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def predict_all(clf, files, args):
-    """Predict every file, reporting each as it is done; return the results and the failures."""
+def predict_all(clf, files, analysed, args):
+    """Classify every file's analysis, reporting each as it comes; return results and failures."""
     results, failures = [], []
-    for index, (mfccs, error) in enumerate(analyse_all(files, clf.features, args.workers)):
+    for index, (mfccs, error) in enumerate(analysed):
         name = files[index]
         if error is not None:
             report_error(error)
@@ -397,12 +443,13 @@ def predict_all(clf, files, args):
 def run(args):
     """Load the model, predict every input; return the exit status (2 when any file failed)."""
     started = time.perf_counter()
-    clf = load_classifier(args.model, args.device)
-    print(describe_classifier(clf), file=sys.stderr if args.json else sys.stdout, flush=True)
     files, missing = expand_inputs(args.inputs)
-    for failure in missing:
-        report_error(failure["error"])
-    results, failures = predict_all(clf, files, args)
+    with analysis_pool(args.workers, len(files)) as pool:
+        clf, analysed = load_while_analysing(pool, files, args)
+        print(describe_classifier(clf), file=sys.stderr if args.json else sys.stdout, flush=True)
+        for failure in missing:
+            report_error(failure["error"])
+        results, failures = predict_all(clf, files, analysed, args)
     failures = missing + failures
     if args.json:
         print(json.dumps({"model": model_summary(clf), "files": results, "failed": failures},
@@ -418,7 +465,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except (DataError, train.UsageError) as exc:
+    except (DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except concurrent.futures.BrokenExecutor:
@@ -431,4 +478,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The garbage collections at exit leave frozen objects alone: they would spend a third of a
+    # second on torch's hundreds of thousands of objects, which the process frees as it ends.
+    gc.freeze()
+    sys.exit(status)

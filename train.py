@@ -19,7 +19,6 @@ import importlib.metadata
 import os
 import platform
 import random
-import re
 import shlex
 import sys
 import time
@@ -33,8 +32,9 @@ from torch.optim.swa_utils import update_bn
 
 import plots
 import preprocess
-from common import (DataError, HelpFormatter, at_least, atomic_write, check_output_folder,
-                    describe_write_error, file_path, folder_lock, seed_value, write_json)
+from common import (DataError, HelpFormatter, UsageError, at_least, atomic_write,
+                    check_output_folder, describe_write_error, device_name, file_path, folder_lock,
+                    seed_value, write_json)
 
 MODEL_SAVE_PATH = "saved_models"  # folder for checkpoints, genre mapping, history and metrics
 EPOCHS = 30  # maximum training epochs
@@ -66,10 +66,6 @@ MODEL_DIR_FILES = (BEST_MODEL_FILE, FINAL_MODEL_FILE, MAPPING_FILE, HISTORY_FILE
                    LOCK_FILE, *PICTURE_FILES)  # the only names train.py ever writes in --model-dir
 RULE = "-" * 60
 BN_STATS_CHOICES = ("auto", "precise", "running")
-
-
-class UsageError(Exception):
-    """A setting that cannot work on this machine, such as --device cuda without a GPU."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -536,13 +532,6 @@ def load_model(path, device="cpu"):
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def device_name(text):
-    """argparse type: auto, cpu, cuda or cuda:N."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
-    return text
 
 
 def build_parser(split_defaults=True):

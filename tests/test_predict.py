@@ -6,6 +6,8 @@ import pathlib
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 
 import librosa
 import numpy as np
@@ -272,7 +274,9 @@ def tutorial_vote(model, path, norm_min, norm_max):
     return votes, probabilities.mean(axis=0)
 
 
-def test_a_model_without_a_recipe_uses_the_tutorial_one_and_says_so_once(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the files are analysed before the model loads
+def test_a_model_without_a_recipe_uses_the_tutorial_one_and_says_so_once(workers, tmp_path,
+                                                                         capsys):
     torch.manual_seed(0)
     model = train.GenreClassifier(1, 130, 13, 4).eval()
     mapping = ["blues", "jazz", "metal", "pop"]
@@ -281,7 +285,7 @@ def test_a_model_without_a_recipe_uses_the_tutorial_one_and_says_so_once(tmp_pat
                 "height": 130, "width": 13, "num_classes": 4, "mapping": mapping,
                 "norm_min": -600.0, "norm_max": 250.0}, path)
     songs = [write_audio(tmp_path / f"song{i}.wav", 7, seed=i) for i in range(2)]
-    status, out, err = run_main(capsys, "--model", path, "--workers", 1, *songs)
+    status, out, err = run_main(capsys, "--model", path, "--workers", workers, *songs)
     assert status == 0
     assert (out + "\n".join(err)).count("tutorial recipe assumed") == 1
     assert "test accuracy not recorded" in out
@@ -294,6 +298,19 @@ def test_a_model_without_a_recipe_uses_the_tutorial_one_and_says_so_once(tmp_pat
         assert votes[mapping.index(top["genre"])] == votes.max() == top["votes"]
         assert top["mean_probability"] == pytest.approx(means[mapping.index(top["genre"])],
                                                         abs=1e-3)
+
+
+def test_the_default_model_is_the_one_train_writes():
+    assert pathlib.Path(predict.MODEL_PATH) == pathlib.Path(train.MODEL_SAVE_PATH,
+                                                           train.FINAL_MODEL_FILE)
+
+
+def test_importing_predict_leaves_torch_until_a_model_is_loaded():
+    # The command line's worker processes are forked before torch is imported: light to start.
+    code = "import sys, predict; print(sorted({'torch', 'train'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------------------
