@@ -64,6 +64,7 @@ class Classifier:
     features_assumed: bool  # True when the model stores no recipe and the tutorial's is used
     test_accuracy: float = None  # segment-level, when the checkpoint records it
     track_test_accuracy: float = None
+    split_kind: str = None  # "segment" or "track", when the checkpoint records it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +174,7 @@ def load_classifier(path=MODEL_PATH, device="cpu"):
         norm_max=float(checkpoint["norm_max"]), features=features, features_assumed=assumed,
         test_accuracy=checkpoint.get("test_accuracy"),
         track_test_accuracy=checkpoint.get("track_test_accuracy"),
+        split_kind=(checkpoint.get("split") or {}).get("split_kind"),
     )
 
 
@@ -195,6 +197,8 @@ def describe_classifier(clf):
         accuracy = f"{clf.test_accuracy:.1%} of segments"
         if clf.track_test_accuracy is not None:
             accuracy += f", {clf.track_test_accuracy:.1%} of tracks"
+        if clf.split_kind == "segment":  # a test track's other segments were trained on
+            accuracy += " (split by segment, so optimistic)"
     return (f"Model {clf.path}: {len(clf.mapping)} genres ({', '.join(clf.mapping)}); "
             f"recipe {recipe}; test accuracy {accuracy}")
 

@@ -115,6 +115,7 @@ def test_text_output_agrees_with_json(pipeline, capsys):
     assert header.startswith(f"Model {pipeline['model']}: 3 genres (blues, hiphop, rock)")
     assert "8000 Hz" in header and "16 frames x 13 MFCCs" in header
     assert f"{pipeline['metrics']['accuracy']:.1%} of segments" in header
+    assert "optimistic" not in header  # split by track
     text = parse_text(out)
     _, out, _ = run_main(capsys, "--model", pipeline["model"], "--json", *files)
     document = json.loads(out)["files"]
@@ -125,6 +126,15 @@ def test_text_output_agrees_with_json(pipeline, capsys):
             assert (a["genre"], a["votes"]) == (b["genre"], b["votes"])
             assert a["vote_share"] == pytest.approx(b["vote_share"], abs=5e-4)
             assert a["mean_probability"] == pytest.approx(b["mean_probability"], abs=5e-4)
+
+
+def test_the_header_flags_the_optimistic_figures_of_a_segment_split():
+    clf = predict.Classifier(model=None, device=None, path="m.pt", mapping=["a", "b"], norm_min=0.0,
+                             norm_max=1.0, features=extract.default_features(),
+                             features_assumed=False, test_accuracy=0.5, track_test_accuracy=0.75,
+                             split_kind="segment")
+    header = predict.describe_classifier(clf)
+    assert "50.0% of segments, 75.0% of tracks (split by segment, so optimistic)" in header
 
 
 # ---------------------------------------------------------------------------------------------
