@@ -16,6 +16,7 @@ else) can import this module to validate a recipe without the audio libraries in
 """
 import argparse
 import concurrent.futures
+import contextlib
 import importlib.util
 import json
 import math
@@ -340,12 +341,13 @@ def signal_mfccs(signal, features, max_segments=None):
     starts = segment_starts(len(signal), features, max_segments)
     out = np.empty((len(starts), features["frames"], features["n_mfcc"]), dtype=np.float32)
     full = [i for i, s in enumerate(starts) if s + size <= len(signal)]
-    for first in range(0, len(full), CHUNK_SEGMENTS):
-        rows = full[first:first + CHUNK_SEGMENTS]
-        out[rows] = mfcc_batch(np.stack([signal[starts[i]:starts[i] + size] for i in rows]),
-                               features)
-    for i in sorted(set(range(len(starts))) - set(full)):  # a slightly short last segment
-        out[i] = mfcc_batch(signal[None, starts[i]:], features)[0]
+    with one_blas_thread():
+        for first in range(0, len(full), CHUNK_SEGMENTS):
+            rows = full[first:first + CHUNK_SEGMENTS]
+            out[rows] = mfcc_batch(np.stack([signal[starts[i]:starts[i] + size] for i in rows]),
+                                   features)
+        for i in sorted(set(range(len(starts))) - set(full)):  # a slightly short last segment
+            out[i] = mfcc_batch(signal[None, starts[i]:], features)[0]
     return out
 
 
@@ -424,7 +426,22 @@ def track_ids(paths, root):
 # Running the analysis
 
 
-def _ignore_sigint():
+def one_blas_thread():
+    """A context in which numpy's BLAS (matrix products inside librosa) uses one thread.
+
+    The analysis runs one file per core already; a BLAS pool in each worker only makes them spin
+    against each other (two workers on two cores: twice the CPU time, half the speed). The thread
+    count also changes the rounding of those products, so every analysis uses one thread: the
+    features are then the same whatever the number of workers, in extract.py and predict.py.
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # comes with librosa (through scikit-learn)
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+def start_worker():
     """Workers leave Ctrl-C to the parent, which stops the pool and exits cleanly."""
     signals.signal(signals.SIGINT, signals.SIG_IGN)
 
@@ -452,7 +469,7 @@ def analyse_all(paths, features, workers, progress):
             progress()
         return
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(paths)),
-                                                initializer=_ignore_sigint) as pool:
+                                                initializer=start_worker) as pool:
         try:
             for result in pool.map(analyse_file, paths, [features] * len(paths)):
                 yield result

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import gc
 import json
-import signal as signals
 import sys
 import time
 from pathlib import Path
@@ -329,11 +328,6 @@ def analyse(path, features):
         return None, f"{path}: analysis failed ({reason})"
 
 
-def _ignore_sigint():
-    """Workers leave Ctrl-C to the parent, which stops the pool and exits cleanly."""
-    signals.signal(signals.SIGINT, signals.SIG_IGN)
-
-
 @contextlib.contextmanager
 def analysis_pool(workers, count):
     """A pool of processes to analyse count files, or None when this process does them all."""
@@ -342,7 +336,7 @@ def analysis_pool(workers, count):
         return
     extract.warm_up(USUAL_FEATURES)  # load librosa's lazy parts once, before the workers fork
     with concurrent.futures.ProcessPoolExecutor(min(workers, count),
-                                                initializer=_ignore_sigint) as pool:
+                                                initializer=extract.start_worker) as pool:
         try:
             yield pool
         except BaseException:
