@@ -15,6 +15,7 @@ Nothing from librosa or soundfile is imported at module level, so preprocess.py 
 else) can import this module to validate a recipe without the audio libraries installed.
 """
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import importlib.util
@@ -30,7 +31,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from common import DataError, HelpFormatter, at_least, atomic_write, file_path
+from common import (DataError, HelpFormatter, at_least, atomic_write, check_output_file,
+                    file_path)
 
 # The recipe. Defaults are the tutorial's constants and current librosa's own defaults.
 SAMPLE_RATE = 22050  # Hz; every file is resampled to it and mixed down to mono
@@ -402,25 +404,34 @@ def find_genres(audio_dir):
     return genres
 
 
+def scan_folder(folder, root):
+    """(audio files, ignored files) in folder and its subfolders, sorted; hidden below root or
+    of another extension: ignored."""
+    audio, ignored = [], []
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir():
+            continue
+        if is_hidden(path, root) or path.suffix.lower() not in AUDIO_EXTENSIONS:
+            ignored.append(path)
+        else:
+            audio.append(path)
+    return audio, ignored
+
+
 def list_files(genres, root):
     """(audio files as (label, path), ignored files) of every genre folder, in sorted order."""
     files, ignored = [], []
     for label, genre in enumerate(genres):
-        for path in sorted(genre.rglob("*")):
-            if path.is_dir():
-                continue
-            if is_hidden(path, root) or path.suffix.lower() not in AUDIO_EXTENSIONS:
-                ignored.append(path)
-            else:
-                files.append((label, path))
+        audio, skipped = scan_folder(genre, root)
+        files += [(label, path) for path in audio]
+        ignored += skipped
     return files, ignored
 
 
 def track_ids(paths, root):
     """File names without extension; the relative path where two files would share a name."""
-    stems = [p.stem for p in paths]
-    shared = {s for s in stems if stems.count(s) > 1} if len(set(stems)) < len(stems) else set()
-    return [p.relative_to(root).as_posix() if p.stem in shared else p.stem for p in paths]
+    counts = collections.Counter(p.stem for p in paths)
+    return [p.relative_to(root).as_posix() if counts[p.stem] > 1 else p.stem for p in paths]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,23 +546,16 @@ def check_coverage(kept, genres, skipped, root):
 # Writing data.json
 
 
+def is_data_json(head):
+    """True when a file's first bytes start a JSON object whose first key is one of ours."""
+    first_key = re.match(rb'\s*\{\s*"(\w+)"', head)
+    return bool(first_key) and first_key.group(1).decode() in OUR_KEYS
+
+
 def check_replaceable(path):
     """Refuse to overwrite a file at path unless it looks like a data.json of ours."""
-    path = Path(path)
-    if not path.exists():
-        return
-    if path.is_dir():
-        raise DataError(f"--data {path} is a folder: pass a file name such as {path}/data.json")
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4096).decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise DataError(f"--data {path} cannot be read ({exc.strerror}): pass another --data") \
-            from None
-    first_key = re.match(r'\s*\{\s*"(\w+)"', head)
-    if not first_key or first_key.group(1) not in OUR_KEYS:
-        raise DataError(f"--data {path} exists and is not a data.json (a JSON object with "
-                        f"mapping, labels and mfcc): pass another --data instead of overwriting it")
+    check_output_file(path, "--data", "a data.json (a JSON object with mapping, labels and mfcc)",
+                      ".json", is_data_json)
 
 
 def write_data(path, mapping, kept, features):
@@ -569,10 +573,9 @@ def write_data(path, mapping, kept, features):
                      f'"labels": {json.dumps(labels)}, "tracks": {json.dumps(tracks)}, '
                      f'"mfcc": ['.encode())
         separator = b""
-        for _, _, mfccs in order:
-            if len(mfccs):
-                handle.write(separator + encoder.encode(mfccs.tolist())[1:-1])  # a track's segments
-                separator = b", "
+        for _, _, mfccs in order:  # every kept track has segments (analyse_file skips the others)
+            handle.write(separator + encoder.encode(mfccs.tolist())[1:-1])  # a track's segments
+            separator = b", "
         handle.write(b"]}\n")
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 import extract
 import preprocess
-from common import DataError, UsageError, at_least, device_name, file_path
+from common import DataError, HelpFormatter, UsageError, at_least, device_name, file_path
 
 # torch (and train.py, which imports it) is imported only where a model is loaded or used: the
 # command line starts its worker processes first, so that they do not inherit torch, and analyses
@@ -38,9 +38,6 @@ from common import DataError, UsageError, at_least, device_name, file_path
 MODEL_PATH = "saved_models/final_model_pytorch.pt"  # model used by default: train.py's output
 TOP_GENRES = 3  # genres listed per file, by votes then mean probability
 WORKERS = extract.WORKERS  # processes that decode and analyse files in parallel: the usable cores
-# The recipe the command line analyses files with before the model is loaded and says its own:
-# extract.py's default, which nearly every model has. Under another recipe the files start again.
-USUAL_FEATURES = extract.default_features()
 
 # What every checkpoint written by train.py holds, with the type of each entry.
 REQUIRED_KEYS = {"model_state_dict": dict, "num_channels": int, "height": int, "width": int,
@@ -119,19 +116,13 @@ def check_checkpoint(checkpoint, path):
 
 def build_network(checkpoint, path, device):
     """The GenreClassifier of a checkpoint, with its weights, in evaluation mode on device."""
-    import torch
     import train
 
     try:
-        model = train.GenreClassifier(checkpoint["num_channels"], checkpoint["height"],
-                                      checkpoint["width"], checkpoint["num_classes"])
-        model.load_state_dict(checkpoint["model_state_dict"])
+        return train.model_from_checkpoint(checkpoint, device)
     except (ValueError, RuntimeError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise DataError(f"{path}: its weights do not fit the model it describes ({reason}): "
-                        f"train it again") from None
-    # The same layout as in training, so that the convolutions compute the same numbers.
-    return model.to(device, memory_format=torch.channels_last).eval()
+        raise DataError(f"{path}: its weights do not fit the model it describes "
+                        f"({extract.first_line(exc)}): train it again") from None
 
 
 def stored_recipe(checkpoint, path):
@@ -292,10 +283,7 @@ def predict_signal(clf, samples, sample_rate):
 
 def audio_files(folder):
     """The audio files in a folder and its subfolders, sorted; hidden ones left out."""
-    folder = Path(folder)
-    return sorted(path for path in folder.rglob("*")
-                  if path.is_file() and not extract.is_hidden(path, folder)
-                  and path.suffix.lower() in extract.AUDIO_EXTENSIONS)
+    return extract.scan_folder(Path(folder), Path(folder))[0]
 
 
 def expand_inputs(names):
@@ -334,7 +322,7 @@ def analysis_pool(workers, count):
     if workers == 1 or count < 2:
         yield None
         return
-    extract.warm_up(USUAL_FEATURES)  # load librosa's lazy parts once, before the workers fork
+    extract.warm_up(extract.TUTORIAL_FEATURES)  # load librosa's lazy parts once, before the workers fork
     with concurrent.futures.ProcessPoolExecutor(min(workers, count),
                                                 initializer=extract.start_worker) as pool:
         try:
@@ -368,9 +356,11 @@ def load_while_analysing(pool, files, args):
     """(classifier, analyses of files). The workers start on the files with the usual recipe
     while this process imports torch and loads the model (about a second), and start again,
     with the model's recipe, in the rare case that it is another one."""
-    futures = start_analyses(pool, files, USUAL_FEATURES)
+    # Before the model says its recipe, the files start with the tutorial's (extract.py's
+    # default), which nearly every model has; under another recipe they start again.
+    futures = start_analyses(pool, files, extract.TUTORIAL_FEATURES)
     clf = load_classifier(args.model, args.device)
-    if not same_recipe(clf.features, USUAL_FEATURES):
+    if not same_recipe(clf.features, extract.TUTORIAL_FEATURES):
         for future in futures or ():
             future.cancel()
         futures = start_analyses(pool, files, clf.features)
@@ -386,7 +376,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Name the genre of audio files with a model trained by train.py: each file is "
                     "featurized with the model's own MFCC recipe and its segments vote.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", type=file_path, metavar="AUDIO",
                         help="audio files, or folders whose audio files are all predicted")

@@ -38,7 +38,7 @@ CACHE_FORMAT_VERSION = 2  # bump when the cache layout changes, so that old cach
 MIN_PER_GENRE = 3  # fewest segments (or tracks) per genre that a three-way split can stratify
 
 SPLIT_NAMES = ("train", "val", "test")
-DEMO_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+DEMO_GENRES = list(extract.DEMO_GENRES)  # the demo data set's genre names, as the demo audio's
 SPLIT_CHOICES = ("auto", "segment", "track")
 # The flag of each SplitSettings field (and its argparse dest, which differs for the seed).
 SPLIT_FLAGS = {"val_split": "--val-split", "test_split": "--test-split", "seed": "--split-seed",

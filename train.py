@@ -15,6 +15,7 @@ installed.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import os
 import platform
@@ -297,12 +298,20 @@ def library_versions(data):
     versions = {"python": platform.python_version(), "torch": str(torch.__version__),
                 "numpy": str(np.__version__), "librosa": None}
     if not data.features_assumed:  # made by extract.py, the only step that uses librosa
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions["librosa"] = importlib.metadata.version("librosa")
+        versions["librosa"] = installed_version("librosa")
     return versions
 
 
-def test_summary(metrics):
+@functools.cache  # read once a run, not at every better epoch's checkpoint
+def installed_version(package):
+    """The installed version of package, or None."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def summarize_test(metrics):
     """The test figures a checkpoint carries, so that a model file says how good it is."""
     track_level = metrics.get("track_level")
     return {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"],
@@ -327,7 +336,7 @@ def save_best(model, optimizer, record, data, config, path):
 def add_test_results(path, metrics):
     """Rewrite the best checkpoint with the test figures, which exist only once it was tested."""
     checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-    save_checkpoint({**checkpoint, **test_summary(metrics)}, path)
+    save_checkpoint({**checkpoint, **summarize_test(metrics)}, path)
 
 
 def keep_if_best(best, record, model, optimizer, data, config, model_dir):
@@ -513,7 +522,7 @@ def save_artifacts(model, data, config, history, metrics, model_dir):
                                                  METRICS_FILE)}
     add_test_results(model_dir / BEST_MODEL_FILE, metrics)
     save_checkpoint({"model_state_dict": model.state_dict(), "epoch": metrics["epoch"],
-                     **model_metadata(data, config), **test_summary(metrics)},
+                     **model_metadata(data, config), **summarize_test(metrics)},
                     paths[FINAL_MODEL_FILE])
     write_json(list(data.mapping), paths[MAPPING_FILE], indent=2, flag="--model-dir")
     write_json(history, paths[HISTORY_FILE], indent=2, flag="--model-dir")
@@ -521,13 +530,18 @@ def save_artifacts(model, data, config, history, metrics, model_dir):
     return [model_dir / BEST_MODEL_FILE] + list(paths.values())
 
 
-def load_model(path, device="cpu"):
-    """Rebuild a GenreClassifier, in evaluation mode, from a saved checkpoint."""
-    checkpoint = torch.load(path, weights_only=True, map_location=device)
+def model_from_checkpoint(checkpoint, device="cpu"):
+    """The GenreClassifier a checkpoint dict describes, with its weights, in evaluation mode."""
     model = GenreClassifier(checkpoint["num_channels"], checkpoint["height"], checkpoint["width"],
                             checkpoint["num_classes"])
     model.load_state_dict(checkpoint["model_state_dict"])
-    return model.to(device).eval()
+    # The layout of training, so that the convolutions compute the same numbers as tested.
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def load_model(path, device="cpu"):
+    """Rebuild a GenreClassifier, in evaluation mode, from a saved checkpoint."""
+    return model_from_checkpoint(torch.load(path, weights_only=True, map_location=device), device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,7 +632,6 @@ def prepare_model_dir(model_dir):
         Path(model_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(describe_write_error(model_dir, exc, "--model-dir")) from None
-    check_output_folder(model_dir, "--model-dir", MODEL_DIR_FILES)
 
 
 def print_configuration(data, model, device, config):

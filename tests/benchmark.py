@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent  # preprocess.py and train.py live
 sys.path.insert(0, str(REPO))
 import extract  # noqa: E402  (the synthetic-audio generator)
 import preprocess  # noqa: E402  (the one synthetic-data generator)
+from common import at_least  # noqa: E402
 
 ROUNDS = 3  # alternating project/baseline rounds; the report uses their medians
 EPOCHS = 4  # epochs per training run; epoch 1 is warm-up, so the median covers 2..EPOCHS
@@ -446,10 +447,7 @@ def describe_machine():
 
 def positive_int(text):
     """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+    return at_least(int, 1)(text)
 
 
 def parse_args(argv=None):

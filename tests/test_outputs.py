@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import common
+import extract
 import preprocess
 import train
 from conftest import write_json_file
@@ -105,19 +106,18 @@ def test_archive_check_accepts_npz_files_and_nothing_else(tmp_path):
         common.check_archive_output(tmp_path / "notes.txt", "--cache")
 
 
-def test_the_output_file_check_takes_any_recogniser(tmp_path):
-    """As a script writing JSON would use it: only a JSON object may be replaced."""
-    def is_json_object(head):
-        return head.lstrip().startswith(b"{")
-
+def test_extracts_output_check_replaces_only_a_data_json(tmp_path):
     (tmp_path / "data.json").write_text('{"mapping": []}')
-    common.check_output_file(tmp_path / "data.json", "--data", "a JSON object", ".json",
-                             is_json_object)
+    extract.check_replaceable(tmp_path / "data.json")
+    (tmp_path / "empty.json").write_text("")  # nothing in it to lose
+    extract.check_replaceable(tmp_path / "empty.json")
     (tmp_path / "notes.txt").write_text("my notes")
-    with pytest.raises(common.DataError, match=r"^--data \S+notes\.txt exists and is not a JSON "
-                                               r"object, so it is not replaced: pass another --data"):
-        common.check_output_file(tmp_path / "notes.txt", "--data", "a JSON object", ".json",
-                                 is_json_object)
+    (tmp_path / "other.json").write_text('{"name": "not ours"}')
+    for name in ("notes.txt", "other.json"):
+        with pytest.raises(common.DataError, match=rf"^--data \S+{name} exists and is not a "
+                                                   r"data\.json .*, so it is not replaced: pass "
+                                                   r"another --data"):
+            extract.check_replaceable(tmp_path / name)
 
 
 # ---------------------------------------------------------------------------------------------

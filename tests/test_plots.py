@@ -75,10 +75,6 @@ def block_matplotlib(monkeypatch):
 # Pictures of a run
 
 
-def test_file_names_agree_with_train():
-    assert (plots.HISTORY_FILE, plots.METRICS_FILE) == (train.HISTORY_FILE, train.METRICS_FILE)
-
-
 def test_a_run_writes_both_pictures_as_pngs_of_a_screen_size(run_dir):
     for name in PICTURES:
         width, height = png_size(run_dir / name)
