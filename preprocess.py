@@ -40,11 +40,9 @@ MIN_PER_GENRE = 3  # fewest segments (or tracks) per genre that a three-way spli
 SPLIT_NAMES = ("train", "val", "test")
 DEMO_GENRES = list(extract.DEMO_GENRES)  # the demo data set's genre names, as the demo audio's
 SPLIT_CHOICES = ("auto", "segment", "track")
-# The flag of each SplitSettings field (and its argparse dest, which differs for the seed).
+# The flag of each SplitSettings field.
 SPLIT_FLAGS = {"val_split": "--val-split", "test_split": "--test-split", "seed": "--split-seed",
                "split_by": "--split-by"}
-SPLIT_DESTS = {"val_split": "val_split", "test_split": "test_split", "seed": "split_seed",
-               "split_by": "split_by"}
 
 
 @dataclass(frozen=True)
@@ -535,18 +533,14 @@ def changed_settings(arrays, settings):
     return {key: (stored[key], wanted[key]) for key in stored if stored[key] != wanted[key]}
 
 
-def settings_changes(arrays, settings, fields=None):
-    """The split settings that differ between the cache and the request, as "key old -> new".
-
-    fields, when given, limits the list to those SplitSettings fields.
-    """
-    return [f"{key} {old} -> {new}" for key, (old, new) in changed_settings(arrays, settings).items()
-            if fields is None or key in fields]
+def describe_changes(changes):
+    """{field: (old, new)} as ["field old -> new", ...]."""
+    return [f"{key} {old} -> {new}" for key, (old, new) in changes.items()]
 
 
 def stale_reason(arrays, json_path, settings):
     """Why the cache no longer matches data.json and the settings, or None when it is fresh."""
-    changed = settings_changes(arrays, settings)
+    changed = describe_changes(changed_settings(arrays, settings))
     if changed:
         return "split settings changed (" + ", ".join(changed) + ")"
     if file_sha256(json_path) != arrays["source_sha256"].item():
@@ -569,17 +563,16 @@ def use_cache_as_it_is(arrays, json_path, cache_path, settings, explicit, log):
     explicit names the SplitSettings fields given on the command line: those the cache cannot
     honour are an error, while defaults that differ from the cache only earn a note.
     """
-    changed = settings_changes(arrays, settings)
-    refused = settings_changes(arrays, settings, fields=explicit)
+    changes = changed_settings(arrays, settings)
+    refused = {key: change for key, change in changes.items() if key in explicit}
     if refused:
-        flags = " and ".join(SPLIT_FLAGS[key] for key in changed_settings(arrays, settings)
-                             if key in explicit)
         raise DataError(
             f"--data {Path(json_path).absolute()} not found, so the cache "
-            f"{Path(cache_path).absolute()} cannot be rebuilt with {', '.join(refused)}: "
-            f"restore the data file (or pass it with --data), or drop {flags}"
+            f"{Path(cache_path).absolute()} cannot be rebuilt with "
+            f"{', '.join(describe_changes(refused))}: restore the data file (or pass it with "
+            f"--data), or drop {' and '.join(SPLIT_FLAGS[key] for key in refused)}"
         )
-    ignored = f"; it cannot apply {', '.join(changed)}" if changed else ""
+    ignored = f"; it cannot apply {', '.join(describe_changes(changes))}" if changes else ""
     log(f"{Path(json_path).absolute()} not found; using the existing cache "
         f"{Path(cache_path).absolute()} as it is{ignored}")
     return arrays
@@ -748,7 +741,8 @@ def given_split_settings(parser, argv=None):
     only the flags actually on the command line end up in the parsed namespace.
     """
     given = vars(parser.parse_args(argv))
-    return frozenset(field for field, dest in SPLIT_DESTS.items() if dest in given)
+    return frozenset(field for field, flag in SPLIT_FLAGS.items()
+                     if flag[2:].replace("-", "_") in given)  # argparse's dest of the flag
 
 
 def check_split_arguments(parser, args):
