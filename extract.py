@@ -472,23 +472,33 @@ def warm_up(features):
                         f"{first_line(exc)}): change them") from None
 
 
-def analyse_all(paths, features, workers, progress):
-    """analyse_file for every path, results in input order whatever the number of workers."""
+@contextlib.contextmanager
+def analysis_pool(workers, count, features):
+    """A process pool to analyse count files, or None where this process does them all.
+
+    librosa is warmed up first, so that the workers fork with its lazy parts loaded, and so that a
+    recipe librosa refuses is said once, before any file is read.
+    """
     warm_up(features)
-    if workers == 1 or len(paths) < 2:
-        for path in paths:
-            yield analyse_file(path, features)
-            progress()
+    if workers == 1 or count < 2:
+        yield None
         return
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(paths)),
+    with concurrent.futures.ProcessPoolExecutor(min(workers, count),
                                                 initializer=start_worker) as pool:
         try:
-            for result in pool.map(analyse_file, paths, [features] * len(paths)):
-                yield result
-                progress()
+            yield pool
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def analyse_all(paths, features, workers, progress):
+    """analyse_file for every path, results in input order whatever the number of workers."""
+    with analysis_pool(workers, len(paths), features) as pool:
+        mapper = map if pool is None else pool.map
+        for result in mapper(analyse_file, paths, [features] * len(paths)):
+            yield result
+            progress()
 
 
 def warn(line):

@@ -316,22 +316,6 @@ def analyse(path, features):
         return None, f"{path}: analysis failed ({reason})"
 
 
-@contextlib.contextmanager
-def analysis_pool(workers, count):
-    """A pool of processes to analyse count files, or None when this process does them all."""
-    if workers == 1 or count < 2:
-        yield None
-        return
-    extract.warm_up(extract.TUTORIAL_FEATURES)  # load librosa's lazy parts once, before the workers fork
-    with concurrent.futures.ProcessPoolExecutor(min(workers, count),
-                                                initializer=extract.start_worker) as pool:
-        try:
-            yield pool
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-
 def start_analyses(pool, paths, features):
     """Futures of analyse() for every path, in input order; None without a pool."""
     if pool is None:
@@ -353,11 +337,10 @@ def same_recipe(a, b):
 
 
 def load_while_analysing(pool, files, args):
-    """(classifier, analyses of files). The workers start on the files with the usual recipe
-    while this process imports torch and loads the model (about a second), and start again,
-    with the model's recipe, in the rare case that it is another one."""
-    # Before the model says its recipe, the files start with the tutorial's (extract.py's
-    # default), which nearly every model has; under another recipe they start again.
+    """(classifier, analyses of files). The workers start on the files with the tutorial's
+    recipe (extract.py's default, which nearly every model has) while this process imports torch
+    and loads the model (about a second), and start again with the model's recipe in the rare
+    case that it is another one."""
     futures = start_analyses(pool, files, extract.TUTORIAL_FEATURES)
     clf = load_classifier(args.model, args.device)
     if not same_recipe(clf.features, extract.TUTORIAL_FEATURES):
@@ -432,7 +415,7 @@ def run(args):
     """Load the model, predict every input; return the exit status (2 when any file failed)."""
     started = time.perf_counter()
     files, missing = expand_inputs(args.inputs)
-    with analysis_pool(args.workers, len(files)) as pool:
+    with extract.analysis_pool(args.workers, len(files), extract.TUTORIAL_FEATURES) as pool:
         clf, analysed = load_while_analysing(pool, files, args)
         print(describe_classifier(clf), file=sys.stderr if args.json else sys.stdout, flush=True)
         for failure in missing:
