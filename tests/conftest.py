@@ -26,6 +26,8 @@ SCRIPT = ROOT / "preprocess.py"
 # Small enough that a subprocess run costs little more than its imports; big enough for a 70/20/10
 # stratified split of 3 genres at track level (30 tracks -> 3 test tracks, one per genre).
 SMALL = dict(genres=3, tracks_per_genre=10, segments_per_track=2, frames=8, coeffs=4)
+# Enough for a few epochs of real training in about a second (84 training segments).
+TINY = dict(genres=3, tracks_per_genre=10, segments_per_track=4, frames=16, coeffs=8)
 
 
 @pytest.fixture
@@ -76,6 +78,11 @@ def run_cli(tmp_path):
         return run_script(*args, cwd=cwd or tmp_path, timeout=timeout)
 
     return run
+
+
+def read_json(path):
+    """Parse a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def load_npz(path):

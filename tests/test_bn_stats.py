@@ -2,7 +2,6 @@
 import contextlib
 import copy
 import io
-import json
 
 import numpy as np
 import pytest
@@ -10,11 +9,10 @@ import torch
 
 import preprocess
 import train
-from conftest import load_npz, write_json_file
+from conftest import TINY, load_npz, read_json, write_json_file
 
 # 84 training segments: two batches of 64 an epoch, far too few for the running averages (momentum
 # 0.1) to forget their initial values, so in eval mode they mislead.
-TINY = dict(genres=3, tracks_per_genre=10, segments_per_track=4, frames=16, coeffs=8)
 SEED = 0  # a model seed for which the running averages make early stopping keep epoch 1
 
 
@@ -52,11 +50,6 @@ def one_epoch(data, folder, bn_stats):
     with contextlib.redirect_stdout(out):
         train.fit(model, train.to_device(data, torch.device("cpu")), data, config, folder / bn_stats)
     return model, out.getvalue()
-
-
-def read_json(path):
-    """Parse a JSON file."""
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------

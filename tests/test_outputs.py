@@ -12,9 +12,8 @@ import common
 import extract
 import preprocess
 import train
-from conftest import write_json_file
+from conftest import TINY, write_json_file
 
-TINY = dict(genres=3, tracks_per_genre=10, segments_per_track=4, frames=16, coeffs=8)
 STRANGERS = {
     "text": lambda path: path.write_text("my notes\n"),
     "json": lambda path: path.write_text('{"mine": true}\n'),

@@ -1,5 +1,4 @@
 """Tests of plots.py and of the pictures train.py draws: PNG files, the numbers drawn, redrawing."""
-import json
 import shutil
 import struct
 import sys
@@ -10,10 +9,9 @@ import pytest
 import plots
 import preprocess
 import train
-from conftest import write_json_file
+from conftest import TINY, read_json, write_json_file
 
 # Tiny but learnable: 3 genres x 10 tracks x 4 segments of 16 x 8.
-TINY = dict(genres=3, tracks_per_genre=10, segments_per_track=4, frames=16, coeffs=8)
 PICTURES = [plots.CURVES_FILE, plots.CONFUSION_FILE]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -25,11 +23,6 @@ def train_tiny(folder, *args):
     paths = ["--data", folder / "data.json", "--cache", folder / "cache.npz",
              "--model-dir", folder / "models", "--device", "cpu"]
     return train.main([str(a) for a in [*paths, *args]])
-
-
-def read_json(path):
-    """Parse a JSON file."""
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def png_size(path):

@@ -1,6 +1,5 @@
 """Tests of train.py: the model, the training loop, checkpoints, metrics and the command line."""
 import hashlib
-import json
 import subprocess
 import sys
 
@@ -12,10 +11,9 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 import preprocess
 import train
-from conftest import ROOT, load_npz, write_json_file
+from conftest import ROOT, TINY, load_npz, read_json, write_json_file
 
 # Tiny but learnable: 3 genres x 10 tracks x 4 segments of 16 x 8.
-TINY = dict(genres=3, tracks_per_genre=10, segments_per_track=4, frames=16, coeffs=8)
 ARTIFACTS = [train.BEST_MODEL_FILE, train.FINAL_MODEL_FILE, train.MAPPING_FILE,
              train.HISTORY_FILE, train.METRICS_FILE]
 
@@ -33,11 +31,6 @@ def run_train(folder, *args):
     paths = ["--data", folder / "data.json", "--cache", folder / "cache.npz",
              "--model-dir", folder / "models", "--device", "cpu", "--no-plots"]
     return train.main([str(a) for a in [*paths, *args]])
-
-
-def read_json(path):
-    """Parse a JSON file."""
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def weights(path):
