@@ -19,8 +19,10 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -32,8 +34,8 @@ import preprocess
 from common import DataError, HelpFormatter, UsageError, at_least, device_name, file_path
 
 # torch (and train.py, which imports it) is imported only where a model is loaded or used: the
-# command line starts its worker processes first, so that they do not inherit torch, and analyses
-# audio while torch is imported and the model is loaded.
+# command line loads the model in a process of its own, so that the audio analysis starts while
+# torch is imported, and its worker processes do not inherit torch.
 
 MODEL_PATH = "saved_models/final_model_pytorch.pt"  # model used by default: train.py's output
 TOP_GENRES = 3  # genres listed per file, by votes then mean probability
@@ -336,18 +338,94 @@ def same_recipe(a, b):
     return a.keys() == b.keys() and all(type(a[k]) is type(b[k]) and a[k] == b[k] for k in a)
 
 
-def load_while_analysing(pool, files, args):
-    """(classifier, analyses of files). The workers start on the files with the tutorial's
-    recipe (extract.py's default, which nearly every model has) while this process imports torch
-    and loads the model (about a second), and start again with the model's recipe in the rare
+def load_while_analysing(pool, files, load):
+    """(classifier, classify(mfccs), analyses of files). The workers start on the files with the
+    tutorial's recipe (extract.py's default, which nearly every model has) while the model loads
+    (about a second: load() waits for it), and start again with the model's recipe in the rare
     case that it is another one."""
     futures = start_analyses(pool, files, extract.TUTORIAL_FEATURES)
-    clf = load_classifier(args.model, args.device)
+    clf, classify_mfccs = load()
     if not same_recipe(clf.features, extract.TUTORIAL_FEATURES):
         for future in futures or ():
             future.cancel()
         futures = start_analyses(pool, files, clf.features)
-    return clf, analyses(futures, files, clf.features)
+    return clf, classify_mfccs, analyses(futures, files, clf.features)
+
+
+def serve_classifier(connection, model, device):
+    """The model's own process: load the model, send its description (or the DataError or
+    UsageError that refused it), then send classify() of each MFCC array received, until None."""
+    extract.start_worker()
+    try:
+        try:
+            clf = load_classifier(model, device)
+        except (DataError, UsageError) as exc:
+            connection.send(exc)
+            return
+        # The description without torch objects: unpickling those would import torch here.
+        connection.send(dataclasses.replace(clf, model=None, device=str(clf.device)))
+        while (mfccs := connection.recv()) is not None:
+            connection.send(classify(clf, mfccs))
+    except (EOFError, BrokenPipeError):  # the main process stopped early: Ctrl-C or an error
+        pass
+
+
+def receive(connection):
+    """The model process's next reply; the error it sent is raised, its death a BrokenExecutor."""
+    try:
+        reply = connection.recv()
+    except EOFError:
+        raise concurrent.futures.BrokenExecutor("the model's process died") from None
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def classify_there(connection, mfccs):
+    """classify() in the model's process."""
+    connection.send(mfccs)
+    return receive(connection)
+
+
+@contextlib.contextmanager
+def model_process(model, device):
+    """Yield load(): (description, classify(mfccs)) of the model, loaded in a process of its own.
+
+    Importing torch and loading the model take about a second of one core, which here overlaps
+    with librosa's start-up instead of slowing the analysis; this process never imports torch.
+    """
+    context = multiprocessing.get_context("fork")
+    connection, their_end = context.Pipe()
+    process = context.Process(target=serve_classifier, args=(their_end, model, device),
+                              daemon=True)  # never outlives this process
+    process.start()
+    their_end.close()
+    try:
+        yield lambda: (receive(connection), functools.partial(classify_there, connection))
+        connection.send(None)
+        process.join()
+    finally:
+        connection.close()
+        if process.is_alive():  # stopped by an error or Ctrl-C, possibly still loading
+            process.terminate()
+            process.join()
+
+
+def own_model_process(workers):
+    """Whether the model should load in a process of its own (see model_process): with workers to
+    run beside it, and before this process has imported torch, which a fork must not inherit
+    (its threads do not survive one) and which would leave nothing to overlap. Only where fork is
+    the platform's way of starting processes: a fresh interpreter would start too slowly."""
+    return (workers > 1 and "torch" not in sys.modules
+            and multiprocessing.get_start_method() == "fork")
+
+
+def model_here(model, device):
+    """load() for a model loaded in this process."""
+    def load():
+        clf = load_classifier(model, device)
+        return clf, functools.partial(classify, clf)
+    return load
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +474,7 @@ def report_error(message):
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def predict_all(clf, files, analysed, args):
+def predict_all(clf, classify_mfccs, files, analysed, args):
     """Classify every file's analysis, reporting each as it comes; return results and failures."""
     results, failures = [], []
     for index, (mfccs, error) in enumerate(analysed):
@@ -405,22 +483,29 @@ def predict_all(clf, files, analysed, args):
             report_error(error)
             failures.append({"file": name, "error": error})
             continue
-        results.append({"file": name, **classify(clf, mfccs)})
+        results.append({"file": name, **classify_mfccs(mfccs)})
         if not args.json:
             print(format_result(results[-1], max(map(len, clf.mapping))), flush=True)
     return results, failures
 
 
 def run(args):
-    """Load the model, predict every input; return the exit status (2 when any file failed)."""
+    """Load the model, predict every input; return the exit status (2 when any file failed).
+
+    With more than one worker the model usually loads and runs in a process of its own, started
+    first (see own_model_process).
+    """
     started = time.perf_counter()
     files, missing = expand_inputs(args.inputs)
-    with extract.analysis_pool(args.workers, len(files), extract.TUTORIAL_FEATURES) as pool:
-        clf, analysed = load_while_analysing(pool, files, args)
-        print(describe_classifier(clf), file=sys.stderr if args.json else sys.stdout, flush=True)
-        for failure in missing:
-            report_error(failure["error"])
-        results, failures = predict_all(clf, files, analysed, args)
+    with (model_process(args.model, args.device) if own_model_process(args.workers)
+          else contextlib.nullcontext(model_here(args.model, args.device))) as load:
+        with extract.analysis_pool(args.workers, len(files), extract.TUTORIAL_FEATURES) as pool:
+            clf, classify_mfccs, analysed = load_while_analysing(pool, files, load)
+            print(describe_classifier(clf), file=sys.stderr if args.json else sys.stdout,
+                  flush=True)
+            for failure in missing:
+                report_error(failure["error"])
+            results, failures = predict_all(clf, classify_mfccs, files, analysed, args)
     failures = missing + failures
     if args.json:
         print(json.dumps({"model": model_summary(clf), "files": results, "failed": failures},

@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import os
 import pathlib
 import re
 import shlex
@@ -87,7 +88,25 @@ def parse_text(out):
 # Consistency with training
 
 
-def test_test_tracks_get_exactly_the_votes_train_recorded(pipeline, capsys):
+def load_only_in_another_process(monkeypatch):
+    """Make the command line load the model in its own process, and fail if it loads it here."""
+    here, real = os.getpid(), predict.load_classifier
+
+    def load_classifier(*args, **kwargs):
+        assert os.getpid() != here, "the model was loaded in the main process"
+        return real(*args, **kwargs)
+
+    # The tests have imported torch, so the command line would load the model in-process; a fork
+    # is safe here all the same, as torch runs one thread in the tests (see conftest).
+    monkeypatch.setattr(predict, "own_model_process", lambda workers: True)
+    monkeypatch.setattr(predict, "load_classifier", load_classifier)
+
+
+@pytest.mark.parametrize("own_process", [False, True])
+def test_test_tracks_get_exactly_the_votes_train_recorded(own_process, pipeline, capsys,
+                                                          monkeypatch):
+    if own_process:
+        load_only_in_another_process(monkeypatch)
     files = recorded_test_tracks(pipeline)
     status, out, err = run_main(capsys, "--model", pipeline["model"], "--json", "--workers", 2,
                                 *(path for path, _ in files))
@@ -238,6 +257,23 @@ def test_no_model_says_how_to_train_one(tmp_path, monkeypatch, capsys):
     assert "--model demo/saved_models/final_model_pytorch.pt" in err[0]
 
 
+def test_a_model_process_that_dies_is_one_line_and_exit_2(pipeline, monkeypatch, capsys):
+    monkeypatch.setattr(predict, "own_model_process", lambda workers: True)
+    monkeypatch.setattr(predict, "load_classifier", lambda *args: os._exit(9))  # as if killed
+    song, _ = recorded_test_tracks(pipeline)[0]
+    status, out, err = run_main(capsys, "--model", pipeline["model"], "--workers", 2, song)
+    assert status == 2 and out == ""
+    assert err == ["error: a worker process died (out of memory?): try again with --workers 1"]
+
+
+def test_a_model_process_passes_on_the_refusal_of_a_bad_model(tmp_path, monkeypatch, capsys):
+    load_only_in_another_process(monkeypatch)
+    song = write_audio(tmp_path / "song.wav", 4.0)
+    status, out, err = run_main(capsys, "--model", tmp_path / "nothing.pt", "--workers", 2, song)
+    assert status == 2 and out == "" and len(err) == 1
+    assert err[0].startswith(f"error: no model at {tmp_path / 'nothing.pt'}: train one")
+
+
 class Payload:
     """Unpickling this object would create a file: a safe load must refuse it."""
 
@@ -316,12 +352,15 @@ def test_the_default_model_is_the_one_train_writes():
                                                            train.FINAL_MODEL_FILE)
 
 
-def test_importing_predict_leaves_torch_until_a_model_is_loaded():
-    # The command line's worker processes are forked before torch is imported: light to start.
-    code = "import sys, predict; print(sorted({'torch', 'train'} & set(sys.modules)))"
+def test_importing_predict_leaves_torch_to_the_model_process():
+    # The command line's worker processes fork before torch is imported, light to start, and
+    # with more than one worker the model loads in a process of its own.
+    code = ("import sys, predict; print(sorted({'torch', 'train'} & set(sys.modules)), "
+            "predict.own_model_process(2), predict.own_model_process(1))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           check=True)
-    assert done.stdout.strip() == "[]"
+    assert done.stdout.split() == ["[]", "True", "False"]
+    assert not predict.own_model_process(2)  # torch is imported here: a fork must not inherit it
 
 
 # ---------------------------------------------------------------------------------------------
