@@ -93,6 +93,15 @@ def file_mode(path):
     return 0o666 & ~umask
 
 
+def missing_folders(folder):
+    """folder and those of its parents that do not exist, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", flag=None):
     """Yield a uniquely named temporary file beside path; it replaces path only if the block ends.
@@ -100,7 +109,7 @@ def atomic_write(path, mode="wb", flag=None):
     flag names the command-line option that chose path, for the error message.
     """
     path = Path(path).absolute()
-    temp = None
+    temp, created = None, missing_folders(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(path)
@@ -120,6 +129,9 @@ def atomic_write(path, mode="wb", flag=None):
         if temp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+        for folder in created:  # a failed write leaves no trace, not even an empty folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         if isinstance(exc, OSError):
             raise DataError(describe_write_error(path, exc, flag)) from None
         raise
