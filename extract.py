@@ -475,9 +475,10 @@ def reuse_freed_memory():
     """Make glibc's malloc keep a track's big freed arrays for the next track (not on other C
     libraries, which have their own policies).
 
-    By default glibc maps each block over 128 KB fresh from the kernel and unmaps it on free, so
-    every track's tens of MB of arrays were faulted in and zeroed again: 850,000 page faults for
-    300 tracks, a fifth of the CPU time. Set before the workers fork, it holds in them too.
+    glibc's defaults give large freed blocks straight back to the kernel (unmapping them, or
+    trimming the top of the heap), so every track's tens of MB of arrays were faulted in and
+    zeroed again: 850,000 page faults for 300 tracks, a fifth of the CPU time (72,000 with these
+    limits). Set before the workers fork, the limits hold in them too.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
