@@ -402,13 +402,14 @@ def model_process(model, device):
     their_end.close()
     try:
         yield lambda: (receive(connection), functools.partial(classify_there, connection))
-        connection.send(None)
-        process.join()
+        with contextlib.suppress(BrokenPipeError):  # ended already: it has done its work
+            connection.send(None)
+    except BaseException:
+        process.terminate()  # stopped by an error or Ctrl-C, maybe while the model still loads
+        raise
     finally:
         connection.close()
-        if process.is_alive():  # stopped by an error or Ctrl-C, possibly still loading
-            process.terminate()
-            process.join()
+        process.join()
 
 
 def own_model_process(workers):
