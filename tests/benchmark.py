@@ -11,7 +11,8 @@ Usage:
 Without --data it writes a GTZAN-sized data.json (10 genres, 10,000 segments of 130 x 13 full
 precision floats, json.dump(indent=4), about 640 MB) once into the system temp folder and reuses it.
 Project and baseline run alternately, each in its own subprocess: preprocessing is measured by wall
-time and the child's peak RSS (os.wait4), training by the median seconds per epoch of epochs 2..E.
+time and peak RSS (os.wait4: the largest of the child and the processes it started and waited
+for, such as worker pools), training by the median seconds per epoch of epochs 2..E.
 The extract part synthesizes --tracks 30-s wav files once (extract.py's demo generator) and
 compares `extract.py` with the tutorial's loop (librosa.load, one mfcc call per segment, one
 process, json.dump), checking that both give the same features. The predict part times predict.py
@@ -219,7 +220,8 @@ def run_child(args, log_path, cwd=REPO):
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, stdout=log,
                                 stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
+        # The child's rusage; its ru_maxrss is the largest of the child and its reaped children.
+        _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it; tell Popen
     output = Path(log_path).read_text(errors="replace")
@@ -288,7 +290,7 @@ def largest_difference(project_json, baseline_json):
 def bench_extraction(audio, baseline, workdir, rounds):
     """Alternate extract.py and the tutorial loop; return per-round (seconds, MiB) of each."""
     results = {"project": [], "baseline": []}
-    print(f"\nExtraction of {audio}: wall s, peak RSS MiB (of the main process)")
+    print(f"\nExtraction of {audio}: wall s, peak RSS MiB (of the largest process)")
     print(f"  {'round':<6} {'project':>18} {'baseline':>18}")
     outputs = {name: workdir / f"extract_{name}.json" for name in results}
     for index in range(1, rounds + 1):
@@ -321,7 +323,8 @@ def bench_prediction(audio, workdir, rounds):
     """Alternate predict.py and extract.py on the same clips; per-round (seconds, MiB) of each."""
     model = train_audio_model(audio, workdir)
     results = {"project": [], "baseline": []}
-    print(f"\nPrediction of {audio}: wall s, peak RSS MiB; predict.py vs extract.py")
+    print(f"\nPrediction of {audio}: wall s, peak RSS MiB (of the largest process); "
+          f"predict.py vs extract.py")
     print(f"  {'round':<6} {'predict.py':>18} {'extract.py':>18}")
     output = workdir / "predict_extract.json"
     count = sum(1 for path in Path(audio).rglob("*.wav"))
