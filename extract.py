@@ -20,7 +20,6 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
-import gc
 import importlib.util
 import json
 import math
@@ -35,7 +34,7 @@ import msgspec
 import numpy as np
 
 from common import (DataError, HelpFormatter, at_least, atomic_write, check_output_file,
-                    file_path)
+                    file_path, interrupts_deferred, run_command)
 
 # The recipe. Defaults are the tutorial's constants and current librosa's own defaults.
 SAMPLE_RATE = 22050  # Hz; every file is resampled to it and mixed down to mono
@@ -450,8 +449,10 @@ def blas_controller():
     """threadpoolctl's handle on the thread pools loaded here, or None without threadpoolctl.
 
     Finding the pools scans every loaded library (2 ms, a tenth of a track's analysis), so it is
-    done once a process; forked workers inherit the handle with the libraries it points to.
+    done once a process, after librosa (and the BLAS that scipy brings) is loaded; forked workers
+    inherit the handle with the libraries it points to.
     """
+    import_librosa()
     try:
         from threadpoolctl import ThreadpoolController  # comes with librosa (via scikit-learn)
     except ImportError:
@@ -478,7 +479,8 @@ def reuse_freed_memory():
     glibc's defaults give large freed blocks straight back to the kernel (unmapping them, or
     trimming the top of the heap), so every track's tens of MB of arrays were faulted in and
     zeroed again: 850,000 page faults for 300 tracks, a fifth of the CPU time (72,000 with these
-    limits). Set before the workers fork, the limits hold in them too.
+    limits). The command lines set it once, before their workers fork, so it holds in them too;
+    it is a setting of the whole process, so library calls leave it alone.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
@@ -490,9 +492,17 @@ def reuse_freed_memory():
     mallopt(m_trim_threshold, TRIM_THRESHOLD)
 
 
-def start_worker():
-    """Workers leave Ctrl-C to the parent, which stops the pool and exits cleanly."""
+def start_worker(parent):
+    """Set up a worker process forked from parent (a pid): Ctrl-C is left to the parent, which
+    stops the pool and exits cleanly, and the worker ends with the parent even when that is
+    killed (on Linux; elsewhere it ends when its pool closes).
+    """
     signals.signal(signals.SIGINT, signals.SIG_IGN)
+    pr_set_pdeathsig = 1  # prctl(2): the signal this process gets when its parent ends
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signals.SIGTERM)
+    if os.getppid() != parent:  # the parent ended before that
+        os._exit(1)
 
 
 def warm_up(features):
@@ -514,23 +524,23 @@ def analysis_pool(workers, count, features):
     """A process pool to analyse count files, or None where this process does them all.
 
     librosa is warmed up first, so that the workers fork with its lazy parts loaded, and so that a
-    recipe librosa refuses is said once, before any file is read.
+    recipe librosa refuses is said once, before any file is read. Ctrl-C pressed during the
+    warm-up or the forks is raised once they are done: inside them it could be lost.
     """
-    reuse_freed_memory()
-    warm_up(features)
+    with interrupts_deferred():
+        warm_up(features)
     if workers == 1 or count < 2:
         yield None
         return
-    # As Python's gc documentation advises before a fork: the loaded libraries' objects leave the
-    # collector's care, so the workers' collections do not copy their memory pages, and the final
-    # collection at exit (0.2 s with librosa, scipy and numba loaded) skips them.
-    gc.freeze()
-    with concurrent.futures.ProcessPoolExecutor(min(workers, count),
-                                                initializer=start_worker) as pool:
+    with concurrent.futures.ProcessPoolExecutor(min(workers, count), initializer=start_worker,
+                                                initargs=(os.getpid(),)) as pool:
         try:
+            with interrupts_deferred():
+                pool.submit(os.getpid)  # forks every worker (with fork, the first task does)
             yield pool
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # The files in progress finish (a fraction of a second); the others never start.
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
 
 
@@ -616,8 +626,8 @@ def check_replaceable(path):
 def data_writer(path, mapping, features):
     """Yield write_track(label, track, mfccs), which streams data.json to path as tracks come.
 
-    Memory stays at one track's features, and the numbers are written while the workers are still
-    analysing. The file replaces path atomically when the block ends; the labels and tracks, known
+    Memory holds only the features not yet written, and the numbers are written while the
+    workers are still analysing. The file replaces path atomically when the block ends; the labels and tracks, known
     then, follow the mfcc list. msgspec writes the numbers (the same shortest round-trip digits as
     json.dumps) six times faster: with the json module, writing took a third of the extraction.
     """
@@ -806,12 +816,14 @@ def main(argv=None) -> int:
     """Extract the audio, write data.json and print a summary; exit status 2 on bad input."""
     args = parse_args(argv)
     audio_dir, output = demo_paths() if args.demo else (args.audio_dir, args.data)
-    start = time.perf_counter()
+    existed = Path(output).exists()
+    reuse_freed_memory()
     try:
         import_librosa()
         check_replaceable(output)
         if args.demo:
             ensure_demo_audio(audio_dir)
+        start = time.perf_counter()  # the extraction's own time, without writing demo audio
         mapping, kept, skipped, ignored = extract(audio_dir, output, args.features, args.workers)
     except DataError as exc:
         warn(f"error: {exc}")
@@ -820,7 +832,8 @@ def main(argv=None) -> int:
         warn("error: a worker process died (out of memory?): try again with --workers 1")
         return 2
     except KeyboardInterrupt:
-        print(f"\nInterrupted; {output} is unchanged.", file=sys.stderr)
+        print(f"\nInterrupted; {output} is {'unchanged' if existed else 'not written'}.",
+              file=sys.stderr)
         return 130
     print_summary(mapping, kept, skipped, ignored, Path(audio_dir), output,
                   time.perf_counter() - start)
@@ -828,4 +841,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -20,9 +20,9 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import gc
 import json
 import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +31,8 @@ import numpy as np
 
 import extract
 import preprocess
-from common import DataError, HelpFormatter, UsageError, at_least, device_name, file_path
+from common import (DataError, HelpFormatter, UsageError, at_least, device_name, file_path,
+                    interrupts_deferred, run_command)
 
 # torch (and train.py, which imports it) is imported only where a model is loaded or used: the
 # command line loads the model in a process of its own, so that the audio analysis starts while
@@ -352,21 +353,25 @@ def load_while_analysing(pool, files, load):
     return clf, classify_mfccs, analyses(futures, files, clf.features)
 
 
-def serve_classifier(connection, model, device):
-    """The model's own process: load the model, send its description (or the DataError or
-    UsageError that refused it), then send classify() of each MFCC array received, until None."""
-    extract.start_worker()
+def serve_classifier(connection, our_end, model, device, parent):
+    """The model's own process: load the model, send its description, then send classify() of
+    each MFCC array received, until None. What refuses the model is sent as the one-line error
+    to print; so is an unexpected failure (such as CUDA running out of memory), named."""
+    our_end.close()  # the main process's end of the pipe, inherited by the fork
+    extract.start_worker(parent)
     try:
         try:
             clf = load_classifier(model, device)
+            # The description without torch objects: unpickling those would import torch there.
+            connection.send(dataclasses.replace(clf, model=None, device=str(clf.device)))
+            while (mfccs := connection.recv()) is not None:
+                connection.send(classify(clf, mfccs))
         except (DataError, UsageError) as exc:
             connection.send(exc)
-            return
-        # The description without torch objects: unpickling those would import torch here.
-        connection.send(dataclasses.replace(clf, model=None, device=str(clf.device)))
-        while (mfccs := connection.recv()) is not None:
-            connection.send(classify(clf, mfccs))
-    except (EOFError, BrokenPipeError):  # the main process stopped early: Ctrl-C or an error
+        except Exception as exc:  # noqa: BLE001 - said in one line by the main process
+            connection.send(DataError(f"{model}: the model failed in its process "
+                                      f"({type(exc).__name__}: {extract.first_line(exc)})"))
+    except (EOFError, OSError):  # the main process stopped early: Ctrl-C or an error
         pass
 
 
@@ -396,20 +401,24 @@ def model_process(model, device):
     """
     context = multiprocessing.get_context("fork")
     connection, their_end = context.Pipe()
-    process = context.Process(target=serve_classifier, args=(their_end, model, device),
-                              daemon=True)  # never outlives this process
-    process.start()
-    their_end.close()
+    process = context.Process(target=serve_classifier, daemon=True,  # ended at exit if need be
+                              args=(their_end, connection, model, device, os.getpid()))
     try:
+        with interrupts_deferred():
+            process.start()
+        their_end.close()
         yield lambda: (receive(connection), functools.partial(classify_there, connection))
         with contextlib.suppress(BrokenPipeError):  # ended already: it has done its work
             connection.send(None)
     except BaseException:
-        process.terminate()  # stopped by an error or Ctrl-C, maybe while the model still loads
+        if process.pid is not None:
+            process.terminate()  # stopped by an error or Ctrl-C, maybe while the model loads
         raise
     finally:
         connection.close()
-        process.join()
+        their_end.close()
+        if process.pid is not None:
+            process.join()
 
 
 def own_model_process(workers):
@@ -417,8 +426,9 @@ def own_model_process(workers):
     run beside it, and before this process has imported torch, which a fork must not inherit
     (its threads do not survive one) and which would leave nothing to overlap. Only where fork is
     the platform's way of starting processes: a fresh interpreter would start too slowly."""
-    return (workers > 1 and "torch" not in sys.modules
-            and multiprocessing.get_start_method() == "fork")
+    start_method = (multiprocessing.get_start_method(allow_none=True)
+                    or multiprocessing.get_all_start_methods()[0])  # the platform's default
+    return workers > 1 and "torch" not in sys.modules and start_method == "fork"
 
 
 def model_here(model, device):
@@ -447,7 +457,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", type=device_name, default="auto",
                         help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=at_least(int, 1), default=WORKERS,
-                        help="processes analysing files in parallel")
+                        help="processes analysing files in parallel; above 1, the model also "
+                             "runs in a process of its own")
     parser.add_argument("--json", action="store_true",
                         help="print the results as one JSON object instead of text")
     return parser.parse_args(argv)
@@ -520,6 +531,7 @@ def run(args):
 def main(argv=None) -> int:
     """Predict the genre of each input; exit status 2 on a bad model or any failed file."""
     args = parse_args(argv)
+    extract.reuse_freed_memory()
     try:
         return run(args)
     except (DataError, UsageError) as exc:
@@ -535,8 +547,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    status = main()
-    # The garbage collections at exit leave frozen objects alone: they would spend a third of a
-    # second on torch's hundreds of thousands of objects, which the process frees as it ends.
-    gc.freeze()
-    sys.exit(status)
+    sys.exit(run_command(main))

@@ -25,7 +25,7 @@ import numpy as np
 
 import extract  # only for the MFCC recipe's schema: importing it needs no audio library
 from common import (DataError, HelpFormatter, atomic_write, check_archive_output, file_path,
-                    seed_value, write_json)
+                    run_command, seed_value, write_json)
 
 JSON_PATH = "data.json"  # input: {"mapping": [...], "labels": [...], "mfcc": [...], "tracks"?: [...]}
 PREPROCESSED_DATA_PATH = "preprocessed_data.npz"  # cache read by train.py
@@ -801,4 +801,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

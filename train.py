@@ -35,7 +35,7 @@ import plots
 import preprocess
 from common import (DataError, HelpFormatter, UsageError, at_least, atomic_write,
                     check_output_folder, describe_write_error, device_name, file_path, folder_lock,
-                    seed_value, write_json)
+                    run_command, seed_value, write_json)
 
 MODEL_SAVE_PATH = "saved_models"  # folder for checkpoints, genre mapping, history and metrics
 EPOCHS = 30  # maximum training epochs
@@ -755,4 +755,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

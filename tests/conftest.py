@@ -147,3 +147,11 @@ def write_audio(path, seconds, sample_rate=22050, channels=1, seed=0, **options)
     soundfile.write(path, synth_audio(seconds, sample_rate, channels, seed), sample_rate,
                     **options)
     return path
+
+
+def process_runs(pid):
+    """Whether a process runs (Linux): an ended one that nobody has reaped yet does not."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

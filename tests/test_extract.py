@@ -5,9 +5,11 @@ import io
 import json
 import multiprocessing
 import os
+import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import librosa
 import numpy as np
@@ -19,7 +21,7 @@ import extract
 import preprocess
 import train
 from common import DataError
-from conftest import ROOT, load_npz, synth_audio, write_audio, write_json_file
+from conftest import ROOT, load_npz, process_runs, synth_audio, write_audio, write_json_file
 
 # A small recipe for fast tests: 0.5-s segments at 8 kHz (two per 1-s track), 16 frames x 13.
 TINY = dict(sample_rate=8000, track_duration=1, num_segments=2, n_fft=512, hop_length=256,
@@ -389,6 +391,53 @@ def test_an_interrupted_run_keeps_the_old_data_json(audio_dir, tmp_path, monkeyp
     assert "unchanged" in capsys.readouterr().err
     assert output.read_bytes() == old
     assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def analyse_and_mark(path, features, analyse_file=extract.analyse_file):
+    """analyse_file, taking a while and leaving a mark (in the folder $MARKS) for each file."""
+    (pathlib.Path(os.environ["MARKS"]) / pathlib.Path(path).name).touch()
+    time.sleep(0.05)
+    return analyse_file(path, features)
+
+
+def test_ctrl_c_cancels_the_files_the_workers_have_not_started(tmp_path, monkeypatch, capsys):
+    for i in range(40):
+        write_audio(tmp_path / "in" / "ab"[i % 2] / f"{i}.wav", 1.0, sample_rate=8000, seed=i)
+    (tmp_path / "marks").mkdir()
+    monkeypatch.setenv("MARKS", str(tmp_path / "marks"))
+    monkeypatch.setattr(extract, "analyse_file", analyse_and_mark)
+    real_progress = extract.make_progress
+
+    def progress_interrupted_at_the_third_file(total):
+        step, done = real_progress(total), []
+
+        def interrupt():
+            done.append(step())
+            if len(done) == 3:
+                raise KeyboardInterrupt
+        return interrupt
+
+    monkeypatch.setattr(extract, "make_progress", progress_interrupted_at_the_third_file)
+    assert run_extract(tmp_path / "in", tmp_path / "data.json", "--workers", 2) == 130
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'data.json'} is not written.")
+    assert len(list((tmp_path / "marks").iterdir())) < 20  # not all 40: the rest were cancelled
+    assert not (tmp_path / "data.json").exists() and list(tmp_path.glob(".*.tmp")) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_the_workers_end_when_the_main_process_is_killed(tmp_path):
+    code = ("import multiprocessing, os, extract\n"
+            "with extract.analysis_pool(2, 2, extract.TUTORIAL_FEATURES):\n"
+            "    print(*(p.pid for p in multiprocessing.active_children()), flush=True)\n"
+            "    os.kill(os.getpid(), 9)\n")
+    with open(tmp_path / "pids", "w") as out:  # a pipe would stay open while a worker lives
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=out)
+    workers = [int(pid) for pid in (tmp_path / "pids").read_text().split()]
+    assert done.returncode == -9 and len(workers) == 2
+    deadline = time.monotonic() + 10
+    while any(process_runs(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(process_runs(pid) for pid in workers)
 
 
 @pytest.mark.parametrize("flags, words", [

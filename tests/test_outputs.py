@@ -3,7 +3,11 @@ explicit split settings honoured, and error messages that name the path and the 
 import errno
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ import common
 import extract
 import preprocess
 import train
-from conftest import TINY, write_json_file
+from conftest import ROOT, TINY, write_json_file
 
 STRANGERS = {
     "text": lambda path: path.write_text("my notes\n"),
@@ -278,3 +282,25 @@ def test_missing_data_says_why_the_cache_cannot_stand_in(tmp_path, capsys, monke
     line, out = one_error_line(capsys)
     assert line.startswith(f"error: --data {tmp_path / 'data.json'} not found, ") and says in line
     assert str(tmp_path / "preprocessed_data.npz") in line and "Preprocessing" not in out
+
+
+def test_ctrl_c_while_processes_fork_is_raised_once_the_forks_are_done():
+    ran_to_the_end = []
+    with pytest.raises(KeyboardInterrupt):
+        with common.interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # Python runs the signal's handler here: it must not raise
+            ran_to_the_end.append(True)
+    assert ran_to_the_end == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_reader_that_stops_early_ends_the_output_quietly():
+    code = ("import common, sys\n"
+            "sys.exit(common.run_command(lambda: [print(i) for i in range(10**6)] and 0))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"0\n"
+    proc.stdout.close()  # as `| head -1` does
+    assert proc.wait(timeout=30) == 1
+    assert proc.stderr.read() == b""  # no BrokenPipeError traceback

@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import librosa
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 import extract
 import predict
 import train
-from conftest import ROOT, synth_audio, write_audio
+from conftest import ROOT, process_runs, synth_audio, write_audio
 
 # A small recipe for speed: 2-s tracks at 8 kHz cut into four 0.5-s segments of 16 frames x 13.
 RECIPE = dict(sample_rate=8000, track_duration=2, num_segments=4, n_fft=512, hop_length=256,
@@ -264,6 +265,48 @@ def test_a_model_process_that_dies_is_one_line_and_exit_2(pipeline, monkeypatch,
     status, out, err = run_main(capsys, "--model", pipeline["model"], "--workers", 2, song)
     assert status == 2 and out == ""
     assert err == ["error: a worker process died (out of memory?): try again with --workers 1"]
+
+
+def test_an_unexpected_failure_in_the_model_process_is_one_line(pipeline, monkeypatch, capsys):
+    def out_of_memory(clf, mfccs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+
+    monkeypatch.setattr(predict, "own_model_process", lambda workers: True)
+    monkeypatch.setattr(predict, "classify", out_of_memory)  # the forked process runs it
+    song, _ = recorded_test_tracks(pipeline)[0]
+    status, out, err = run_main(capsys, "--model", pipeline["model"], "--workers", 2, song)
+    assert status == 2 and out.startswith("Model ") and err == [
+        f"error: {pipeline['model']}: the model failed in its process (RuntimeError: CUDA out of "
+        f"memory. Tried to allocate 2.00 GiB)"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_the_model_process_ends_when_the_main_process_is_killed(pipeline, tmp_path):
+    code = ("import multiprocessing, os, sys, predict\n"
+            "with predict.model_process(sys.argv[1], 'cpu') as load:\n"
+            "    load()\n"
+            "    print(*(p.pid for p in multiprocessing.active_children()), flush=True)\n"
+            "    os.kill(os.getpid(), 9)\n")
+    with open(tmp_path / "pids", "w") as out:  # a pipe would stay open while the process lives
+        done = subprocess.run([sys.executable, "-c", code, pipeline["model"]], cwd=ROOT,
+                              stdout=out)
+    [pid] = map(int, (tmp_path / "pids").read_text().split())
+    assert done.returncode == -9
+    deadline = time.monotonic() + 10
+    while process_runs(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_runs(pid)
+
+
+def test_the_command_line_gives_the_same_predictions_with_its_model_process(pipeline, capsys):
+    files = [str(path) for path, _ in recorded_test_tracks(pipeline)][:2]
+    status, expected, _ = run_main(capsys, "--model", pipeline["model"], "--workers", 1, *files)
+    assert status == 0
+    # A fresh interpreter, as users run it: torch is not imported, so the model gets its process.
+    done = subprocess.run([sys.executable, "predict.py", "--model", str(pipeline["model"]),
+                           "--workers", "2", *files], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.splitlines()[:-1] == expected.splitlines()[:-1]  # all but the timing
 
 
 def test_a_model_process_passes_on_the_refusal_of_a_bad_model(tmp_path, monkeypatch, capsys):
