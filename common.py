@@ -10,6 +10,7 @@ import errno
 import gc
 import json
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -280,13 +281,15 @@ def folder_lock(folder, name, flag):
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Hold Ctrl-C back while the block forks processes, and raise it when the block ends.
+    """Hold Ctrl-C back while the block forks processes, and deliver it when the block ends.
 
     At a fork Python runs its own hooks, and a KeyboardInterrupt raised inside one of them is
     printed as "Exception ignored" and lost: the run went on as if Ctrl-C had not been pressed.
-    Outside the main thread (where Python delivers signals) the block runs unguarded.
+    Outside the main thread (where Python delivers signals), or where a C library owns SIGINT,
+    the block runs unguarded.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is None):
         yield
         return
     pressed = []
@@ -295,10 +298,15 @@ def interrupts_deferred():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if pressed and callable(previous):
-        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
-    elif pressed and previous == signal.SIG_DFL:
-        raise KeyboardInterrupt
+    if pressed:
+        signal.raise_signal(signal.SIGINT)  # to the handler it was meant for
+
+
+def fork_context():
+    """multiprocessing's fork context where forking is the platform's way to start processes
+    (Linux, up to Python 3.13), else None: the default, which starts fresh interpreters."""
+    start_methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork") if start_methods[0] == "fork" else None
 
 
 def run_command(main):

@@ -34,7 +34,7 @@ import msgspec
 import numpy as np
 
 from common import (DataError, HelpFormatter, at_least, atomic_write, check_output_file,
-                    file_path, interrupts_deferred, run_command)
+                    file_path, fork_context, interrupts_deferred, run_command)
 
 # The recipe. Defaults are the tutorial's constants and current librosa's own defaults.
 SAMPLE_RATE = 22050  # Hz; every file is resampled to it and mixed down to mono
@@ -492,15 +492,17 @@ def reuse_freed_memory():
     mallopt(m_trim_threshold, TRIM_THRESHOLD)
 
 
-def start_worker(parent):
-    """Set up a worker process forked from parent (a pid): Ctrl-C is left to the parent, which
-    stops the pool and exits cleanly, and the worker ends with the parent even when that is
-    killed (on Linux; elsewhere it ends when its pool closes).
+def start_worker(parent=None):
+    """Set up a worker process: Ctrl-C is left to the main process, which stops the pool and
+    exits cleanly. A worker forked from parent (a pid) also ends with it, even when that is
+    killed (on Linux; elsewhere, and for workers started otherwise, when their pool closes).
     """
     signals.signal(signals.SIGINT, signals.SIG_IGN)
+    if parent is None:
+        return
     pr_set_pdeathsig = 1  # prctl(2): the signal this process gets when its parent ends
     with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signals.SIGTERM)
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signals.SIGKILL)
     if os.getppid() != parent:  # the parent ended before that
         os._exit(1)
 
@@ -532,16 +534,27 @@ def analysis_pool(workers, count, features):
     if workers == 1 or count < 2:
         yield None
         return
-    with concurrent.futures.ProcessPoolExecutor(min(workers, count), initializer=start_worker,
-                                                initargs=(os.getpid(),)) as pool:
+    context = fork_context()  # elsewhere the workers start afresh, and pay for librosa again
+    with concurrent.futures.ProcessPoolExecutor(
+            min(workers, count), mp_context=context, initializer=start_worker,
+            initargs=(os.getpid() if context else None,)) as pool:
         try:
             with interrupts_deferred():
-                pool.submit(os.getpid)  # forks every worker (with fork, the first task does)
+                start_processes(lambda: pool.submit(os.getpid))  # a fork starts every worker
             yield pool
         except BaseException:
             # The files in progress finish (a fraction of a second); the others never start.
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def start_processes(start):
+    """Call start(), which starts processes; DataError in one line if the system refuses."""
+    try:
+        start()
+    except OSError as exc:
+        raise DataError(f"cannot start a worker process ({exc.strerror or exc}): try again "
+                        f"with --workers 1") from None
 
 
 def analyse_all(paths, features, workers, progress):
@@ -816,7 +829,7 @@ def main(argv=None) -> int:
     """Extract the audio, write data.json and print a summary; exit status 2 on bad input."""
     args = parse_args(argv)
     audio_dir, output = demo_paths() if args.demo else (args.audio_dir, args.data)
-    existed = Path(output).exists()
+    existed = os.path.lexists(output)  # never raises: check_replaceable reports what it cannot see
     reuse_freed_memory()
     try:
         import_librosa()

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import extract
 import preprocess
 from common import (DataError, HelpFormatter, UsageError, at_least, device_name, file_path,
-                    interrupts_deferred, run_command)
+                    fork_context, interrupts_deferred, run_command)
 
 # torch (and train.py, which imports it) is imported only where a model is loaded or used: the
 # command line loads the model in a process of its own, so that the audio analysis starts while
@@ -388,7 +387,10 @@ def receive(connection):
 
 def classify_there(connection, mfccs):
     """classify() in the model's process."""
-    connection.send(mfccs)
+    try:
+        connection.send(mfccs)
+    except OSError:  # a broken pipe: the process has died
+        raise concurrent.futures.BrokenExecutor("the model's process died") from None
     return receive(connection)
 
 
@@ -399,13 +401,13 @@ def model_process(model, device):
     Importing torch and loading the model take about a second of one core, which here overlaps
     with librosa's start-up instead of slowing the analysis; this process never imports torch.
     """
-    context = multiprocessing.get_context("fork")
+    context = fork_context()
     connection, their_end = context.Pipe()
     process = context.Process(target=serve_classifier, daemon=True,  # ended at exit if need be
                               args=(their_end, connection, model, device, os.getpid()))
     try:
         with interrupts_deferred():
-            process.start()
+            extract.start_processes(process.start)
         their_end.close()
         yield lambda: (receive(connection), functools.partial(classify_there, connection))
         with contextlib.suppress(BrokenPipeError):  # ended already: it has done its work
@@ -426,9 +428,7 @@ def own_model_process(workers):
     run beside it, and before this process has imported torch, which a fork must not inherit
     (its threads do not survive one) and which would leave nothing to overlap. Only where fork is
     the platform's way of starting processes: a fresh interpreter would start too slowly."""
-    start_method = (multiprocessing.get_start_method(allow_none=True)
-                    or multiprocessing.get_all_start_methods()[0])  # the platform's default
-    return workers > 1 and "torch" not in sys.modules and start_method == "fork"
+    return workers > 1 and "torch" not in sys.modules and fork_context() is not None
 
 
 def model_here(model, device):

@@ -155,3 +155,10 @@ def process_runs(pid):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def end_processes(pids):
+    """Kill what is left of processes a failed test would leave behind."""
+    for pid in pids:
+        if process_runs(pid):
+            os.kill(pid, 9)

@@ -20,7 +20,7 @@ import torch
 import extract
 import predict
 import train
-from conftest import ROOT, process_runs, synth_audio, write_audio
+from conftest import ROOT, end_processes, process_runs, synth_audio, write_audio
 
 # A small recipe for speed: 2-s tracks at 8 kHz cut into four 0.5-s segments of 16 frames x 13.
 RECIPE = dict(sample_rate=8000, track_duration=2, num_segments=4, n_fft=512, hop_length=256,
@@ -292,21 +292,31 @@ def test_the_model_process_ends_when_the_main_process_is_killed(pipeline, tmp_pa
                               stdout=out)
     [pid] = map(int, (tmp_path / "pids").read_text().split())
     assert done.returncode == -9
-    deadline = time.monotonic() + 10
-    while process_runs(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not process_runs(pid)
+    try:
+        deadline = time.monotonic() + 10
+        while process_runs(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_runs(pid)
+    finally:
+        end_processes([pid])
 
 
 def test_the_command_line_gives_the_same_predictions_with_its_model_process(pipeline, capsys):
     files = [str(path) for path, _ in recorded_test_tracks(pipeline)][:2]
     status, expected, _ = run_main(capsys, "--model", pipeline["model"], "--workers", 1, *files)
     assert status == 0
-    # A fresh interpreter, as users run it: torch is not imported, so the model gets its process.
-    done = subprocess.run([sys.executable, "predict.py", "--model", str(pipeline["model"]),
+    # A fresh interpreter, as users run it: the model gets its own process, so torch is never
+    # imported in the main one.
+    code = ("import sys, predict\n"
+            "status = predict.main(sys.argv[1:])\n"
+            "print('torch imported here:', 'torch' in sys.modules)\n"
+            "sys.exit(status)\n")
+    done = subprocess.run([sys.executable, "-c", code, "--model", str(pipeline["model"]),
                            "--workers", "2", *files], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and done.stderr == ""
-    assert done.stdout.splitlines()[:-1] == expected.splitlines()[:-1]  # all but the timing
+    out = done.stdout.splitlines()
+    assert out[:-2] == expected.splitlines()[:-1]  # all but the timing
+    assert out[-1] == "torch imported here: False"
 
 
 def test_a_model_process_passes_on_the_refusal_of_a_bad_model(tmp_path, monkeypatch, capsys):
