@@ -314,7 +314,8 @@ def run_command(main):
 
     A reader that stops early (`| head`) ends the output quietly, as Python's documentation
     advises for a closed pipe: the rest goes to the null device, and the status is 1. Ctrl-C that
-    main() has no handler for yet (while it parses the command line) is one line, status 130.
+    main() does not handle itself (scripts with nothing to say about their outputs) is one line,
+    status 130.
     The heap is then frozen, so that the interpreter's last garbage collections skip it: they spent
     0.2 to 0.4 s on the objects of librosa, scipy and torch, which the process frees as it ends.
     """

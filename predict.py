@@ -541,9 +541,6 @@ def main(argv=None) -> int:
         print("error: a worker process died (out of memory?): try again with --workers 1",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nInterrupted.", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

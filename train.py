@@ -749,9 +749,6 @@ def main(argv=None) -> int:
     except (DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nInterrupted.", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
