@@ -1,677 +1,420 @@
-"""Turn data.json (MFCC segments of songs) into a normalized, stratified train/validation/test cache.
+"""Turn data.json (MFCC segments of songs) into a normalized train/validation/test cache.
 
 Usage:
     python preprocess.py                  # data.json -> preprocessed_data.npz (always rebuilds)
     python preprocess.py --demo           # generated demo/data.json -> demo/preprocessed_data.npz
     python preprocess.py --data songs.json --cache songs.npz --val-split 0.2 --test-split 0.1
+    python preprocess.py --split-by filtered   # GTZAN's fault-filtered split (whole GTZAN only)
 
-train.py imports load_data() from here: it reuses the cache while it is fresh and rebuilds it, saying
-why, when it is missing, stale or unreadable.
+The split is stratified by genre, by track when data.json has "tracks"; all splits are scaled to
+[0, 1] by the training split's range. train.py's load_data() reuses the cache while it is fresh.
 """
 import argparse
-import concurrent.futures
+import dataclasses
 import hashlib
 import json
-import math
+import os
 import re
 import sys
 import time
-import unicodedata
-from dataclasses import dataclass
+import zipfile
 from pathlib import Path
 
 import msgspec
 import numpy as np
 
-import extract  # only for the MFCC recipe's schema: importing it needs no audio library
-from common import (DataError, HelpFormatter, atomic_write, check_archive_output, file_path,
-                    run_command, seed_value, write_json)
+import features as recipes
+from common import (DataError, HelpFormatter, at_least, atomic_write, check_replaceable,
+                    input_file, run_main)
 
-JSON_PATH = "data.json"  # input: {"mapping": [...], "labels": [...], "mfcc": [...], "tracks"?: [...]}
-PREPROCESSED_DATA_PATH = "preprocessed_data.npz"  # cache read by train.py
-VALIDATION_SPLIT = 0.2  # fraction of the whole data set used for validation
-TEST_SPLIT = 0.1  # fraction of the whole data set held out for the final test
-RANDOM_STATE = 42  # seed of both train_test_split calls: same input, same split, any machine
-SPLIT_BY = "auto"  # "segment", "track", or "auto" (= "track" when data.json has a "tracks" list)
+JSON_PATH = "data.json"  # input: {"mapping", "labels", "mfcc", "tracks"?, "features"?}
+PREPROCESSED_DATA_PATH = "preprocessed_data.npz"  # the cache train.py reads
+VALIDATION_SPLIT = 0.2  # fraction of all data used for validation
+TEST_SPLIT = 0.1  # fraction of all data held out for the final test
+RANDOM_STATE = 42  # random_state of both train_test_split calls: same input, same split
+SPLIT_BY = "auto"  # "track" when data.json has "tracks", else "segment"
+SPLIT_CHOICES = ("auto", "segment", "track", "filtered")  # filtered: the shipped GTZAN lists
 DEMO_DIR = "demo"  # --demo keeps its generated data.json, cache and models here
 CACHE_FORMAT_VERSION = 2  # bump when the cache layout changes, so that old caches are rebuilt
-MIN_PER_GENRE = 3  # fewest segments (or tracks) per genre that a three-way split can stratify
+MIN_PER_GENRE = 3  # fewest tracks (or segments) per genre that a 3-way stratified split needs
+SPLIT_NAMES = ("train", "val", "test")  # the splits, as the cache's keys name them
+FILTERED_SPLIT_FILE = "gtzan_filtered_split.json"  # Kereliuk, Sturm & Larsen's lists, shipped
+GTZAN_ID = re.compile(r"[a-z]+\.\d{5}")  # a GTZAN track id as those lists hold them: blues.00012
+DEMO_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop",
+               "reggae", "rock")  # GTZAN's genres, the demo data set's names
+CACHE_MEMBERS = {"format_version.npy", "X_train.npy", "y_train.npy", "mapping.npy"}  # not any zip
+CACHE_KIND = "a preprocessed-data cache"  # what --cache must hold to be replaced
+DATA_HINT = "pass one with --data, make one with `python extract.py AUDIO_DIR`, or try --demo"
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some Windows editors write
 
-SPLIT_NAMES = ("train", "val", "test")
-DEMO_GENRES = list(extract.DEMO_GENRES)  # the demo data set's genre names, as the demo audio's
-SPLIT_CHOICES = ("auto", "segment", "track")
-# The flag of each SplitSettings field.
-SPLIT_FLAGS = {"val_split": "--val-split", "test_split": "--test-split", "seed": "--split-seed",
-               "split_by": "--split-by"}
 
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SplitSettings:
-    """How the segments are divided; part of the cache's fingerprint."""
-
+    """How the data is divided: part of the cache's fingerprint and of each model's card."""
     val_split: float = VALIDATION_SPLIT
     test_split: float = TEST_SPLIT
     seed: int = RANDOM_STATE
     split_by: str = SPLIT_BY
 
 
-@dataclass(frozen=True)
-class PreparedData:
-    """The three splits as float32 (N, C, H, W) tensors, int64 labels, and what describes them."""
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A validated data.json."""
+    x: np.ndarray  # (N, C, H, W) float32, raw (not normalized)
+    y: np.ndarray  # (N,) int64
+    mapping: list
+    tracks: np.ndarray | None  # (N,) str: each segment's track id
+    features: dict | None  # the stored MFCC recipe
+    source_sha256: str
 
-    x_train: object
-    y_train: object
-    x_val: object
-    y_val: object
-    x_test: object
-    y_test: object
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """What train.py trains on: the splits scaled by the training range, and how they were made."""
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    tracks_test: list  # each test segment's track id; [] without tracks
     mapping: list
     norm_min: float
     norm_max: float
-    split_kind: str
-    tracks_test: list  # track id of each test row; empty when data.json has no "tracks"
-    source_sha256: str = ""  # SHA-256 of the data.json the cache was built from
-    split: SplitSettings = SplitSettings()  # the settings the cache was split with
-    # The MFCC recipe (extract.py's "features"). Without one in data.json: the tutorial recipe
-    # when the segments have its shape, else None (unknown), and features_assumed is True.
-    features: dict = None
-    features_assumed: bool = True
+    split_kind: str  # "segment" | "track" | "filtered"
+    split: SplitSettings
+    source_sha256: str
+    features: dict | None  # the recipe: the tutorial's when assumed, None when unknown
+    features_assumed: bool
 
 
 class _Document(msgspec.Struct):
-    """The typed shape of data.json; msgspec rejects wrong types with the path of the culprit."""
-
+    """data.json's types: msgspec names the first value that has another."""
     mapping: list[str]
-    # Floats are allowed so that integral ones (1.0, as numpy arrays dumped to JSON often are) can
-    # be accepted; check_labels refuses the others.
-    labels: list[int | float]
-    # Segments stay raw JSON here and are decoded one at a time into a float32 array, so the whole
-    # file never exists as Python lists of floats (that would double the peak memory).
-    mfcc: list[msgspec.Raw]
+    labels: list[int | float]  # 1.0 counts: numpy arrays dumped to JSON write labels so
+    mfcc: list[msgspec.Raw]  # decoded a segment at a time, never all as Python floats
     tracks: list[str | int] | None = None
     features: dict | None = None
 
 
-_KEY_HINTS = {
-    "mapping": "'mapping' must be a list of genre names (strings)",
-    "labels": "'labels' must hold one integer genre index per segment (true/false are not integers)",
-    "mfcc": "'mfcc' must hold one 2-D (frames x coefficients) or 3-D list of numbers per segment",
-    "tracks": "'tracks' must hold one track id (string or integer) per segment",
-    "features": "'features' must be the MFCC recipe object that extract.py writes",
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and validating data.json
-
-
-def check_source(path, context=""):
-    """Raise DataError, naming the absolute path and --data, unless path is an existing file.
-
-    context is said after the path, e.g. why a missing cache makes the file necessary.
-    """
-    path = Path(path).absolute()
-    if not path.exists():
-        raise DataError(
-            f"--data {path} not found{context}: pass the path of your data.json with --data, "
-            f"make one from audio with `python extract.py AUDIO_DIR` (see README), or try the "
-            f"built-in demo data with --demo"
-        )
-    if not path.is_file():
-        raise DataError(f"--data {path} is not a file: pass the path of your data.json with --data")
-
-
-def read_source(path):
-    """Return the bytes of the data file, or raise DataError saying how to get one."""
-    check_source(path)
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(f"--data {Path(path).absolute()} cannot be read ({exc.strerror}): check "
-                        f"its permissions") from None
+_SEGMENT = msgspec.json.Decoder(list[list[float | list[float]]])  # (H, W) or (H, W, C)
 
 
 def decode_document(raw, path):
-    """Parse and type-check data.json, turning decoder errors into one readable line."""
+    """data.json's bytes as a _Document; DataError in msgspec's words, with line and column."""
+    start = len(BOM) if raw.startswith(BOM) else 0
     try:
-        return msgspec.json.decode(raw, type=_Document)
-    except msgspec.ValidationError as exc:
-        raise DataError(_describe_validation_error(str(exc), path)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # the latter: bad bytes in a string
-        raise DataError(_describe_malformed_json(raw, path, exc)) from None
-    except RecursionError:
-        raise DataError(f"{path}: nested far too deeply to be MFCC data: check the file") from None
+        return msgspec.json.decode(memoryview(raw)[start:], type=_Document)
+    except (msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:
+        raise DataError(f"{path}: {exc}: fix that value or re-extract with extract.py") from None
+    except msgspec.DecodeError as exc:
+        byte = re.search(r"\(byte (\d+)\)", str(exc))
+        pos = start + int(byte.group(1)) if byte else len(raw)
+        line, column = raw.count(b"\n", 0, pos) + 1, pos - max(start, raw.rfind(b"\n", 0, pos) + 1)
+        hint = ("where the file ends: write it again" if not byte else "NaN and Infinity are not "
+                "JSON numbers: drop that segment" if re.match(rb"-?(NaN|Inf)", raw[pos:pos + 4])
+                else "fix it or write it again")
+        raise DataError(f"{path}: {exc} at line {line}, column {column + 1}: {hint}") from None
 
 
-def _describe_validation_error(message, path):
-    """Reword msgspec's 'Expected X, got Y - at `$.key[i]`' for a user."""
-    if message.startswith("Expected `object`"):
-        return f"{path}: the top level must be a JSON object with keys mapping, labels and mfcc"
-    missing = re.search(r"missing required field `(\w+)`", message)
-    if missing:
-        key = missing.group(1)
-        return f"{path}: missing key '{key}': {_KEY_HINTS[key]}"
-    where = re.search(r"at `\$\.(\w+)(.*)`", message)
-    problem = _reword(message.split(" - at ")[0])
-    if not where:
-        return f"{path}: {problem}"
-    key, index = where.groups()
-    return f"{path}: {key}{index}: {problem}; {_KEY_HINTS.get(key, 'fix that value')}"
+def check_labels(doc, path):
+    """(labels int64, track ids or None) once the mapping, the counts and the tracks are checked."""
+    names, n = doc.mapping, len(doc.mfcc)
+    if not names or len(set(names)) < len(names) or not all(
+            name.strip() and name.isprintable() for name in names):
+        raise DataError(f"{path}: 'mapping' must list distinct, printable genre names: fix {names}")
+    if len(doc.labels) != n or (doc.tracks is not None and len(doc.tracks) != n):
+        raise DataError(f"{path}: {n} segments in 'mfcc' need as many 'labels' ({len(doc.labels)}) "
+                        f"and 'tracks' ({'none' if doc.tracks is None else len(doc.tracks)})")
+    y = np.array(doc.labels, dtype=object)  # JSON integers may exceed int64 and float64
+    bad = np.flatnonzero(~((y >= 0) & (y < len(names)) & (y % 1 == 0)).astype(bool))
+    if bad.size:
+        raise DataError(f"{path}: labels[{bad[0]}] = {doc.labels[bad[0]]!s:.20} is not a genre "
+                        f"index 0..{len(names) - 1}: fix it or add its genre to 'mapping'")
+    y = y.astype(np.int64)
+    if doc.tracks is None:
+        return y, None
+    tracks = np.array([str(track) for track in doc.tracks])
+    _, first, track_of = np.unique(tracks, return_index=True, return_inverse=True)
+    clash = np.flatnonzero(y[first][track_of] != y)
+    if clash.size:
+        raise DataError(f"{path}: track '{tracks[clash[0]]}' has segments of two genres: all "
+                        f"segments of a track share one label")
+    return y, tracks
 
 
-def _reword(problem):
-    """msgspec's wording of a problem, made plainer where it is cryptic."""
-    if problem == "Number out of range":
-        return "a number too large to represent (infinite)"
-    return problem
-
-
-def _describe_malformed_json(raw, path, error):
-    """Say why strict JSON parsing failed: NaN/Infinity tokens, bad encoding, or broken syntax."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"{path}: not UTF-8 text (bad byte at offset {exc.start}): save it as UTF-8 JSON"
-    try:
-        doc = json.loads(text)  # lenient: accepts the NaN/Infinity tokens that msgspec refuses
-    except json.JSONDecodeError as exc:
-        return (
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-            f"the file may be truncated: write it again"
-        )
-    where = _locate_non_finite(doc)
-    if where is None:  # e.g. a lone UTF-16 surrogate escape, which only the lenient parser accepts
-        return f"{path}: not valid strict JSON ({error}): write it again"
-    token = re.search(r"-?\b(?:NaN|Infinity)\b", text)
-    line = text.count("\n", 0, token.start()) + 1 if token else "?"
-    return (
-        f"{path}: {where} (line {line}): {token.group(0) if token else 'a value'} is not a finite "
-        f"number: drop or re-extract the segments that contain it"
-    )
-
-
-def _locate_non_finite(doc):
-    """Name the first top-level entry holding NaN or Infinity, e.g. "mfcc[3]", or None."""
-    items = doc.items() if isinstance(doc, dict) else [("document", doc)]
-    for key, value in items:
-        for index, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
-            if _has_non_finite(item):
-                return key if index is None else f"{key}[{index}]"
-    return None
-
-
-def _has_non_finite(value):
-    """True when a parsed JSON value is or contains NaN or an infinity."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, list):
-        return any(_has_non_finite(item) for item in value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(item) for item in value.values())
-    return False
-
-
-_SEGMENT = msgspec.json.Decoder(list[list[float | list[float]]])  # 2-D (H, W) or 3-D (H, W, C)
-
-
-def decode_segment(raw, index, path):
-    """One segment of 'mfcc' as a float32 array; DataError naming mfcc[index] if it is malformed."""
-    try:
-        segment = _SEGMENT.decode(raw)
-    except msgspec.ValidationError as exc:
-        problem, _, where = str(exc).partition(" - at `$")
-        raise DataError(
-            f"{path}: mfcc[{index}]{where.rstrip('`')}: {_reword(problem)}; {_KEY_HINTS['mfcc']}"
-        ) from None
-    try:
-        with np.errstate(over="ignore"):  # float32 overflow becomes inf, reported by the caller
-            return np.array(segment, dtype=np.float32)
-    except ValueError:
-        raise DataError(
-            f"{path}: mfcc[{index}] is ragged (its rows differ in length or mix numbers and lists): "
-            f"re-extract it"
-        ) from None
-
-
-def to_segment_array(segments, path):
-    """Decode the segments into one float32 (N, C, H, W) array, checking they share one shape."""
+def segment_array(segments, path):
+    """The segments as one float32 (N, C, H, W) array, checked to share a shape and be finite."""
     if not segments:
-        raise DataError(f"{path}: 'mfcc' holds no segments: extract features from some audio first")
-    first = decode_segment(segments[0], 0, path)
-    if 0 in first.shape:
-        raise DataError(f"{path}: mfcc[0] has shape {first.shape}: segments must not be empty")
-    x = np.empty((len(segments),) + first.shape, dtype=np.float32)
+        raise DataError(f"{path}: 'mfcc' holds no segments: extract features from audio first")
+    x = None
     for index, raw in enumerate(segments):
-        segment = decode_segment(raw, index, path)
-        if segment.shape != first.shape:
-            raise DataError(
-                f"{path}: mfcc[{index}] has shape {segment.shape} but mfcc[0] has {first.shape}: "
-                f"every segment must have the same shape; keep only full-length segments"
-            )
+        try:
+            with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
+                segment = np.array(_SEGMENT.decode(raw), dtype=np.float32)
+        except (msgspec.ValidationError, ValueError) as exc:  # ValueError: ragged rows
+            raise DataError(f"{path}: mfcc[{index}]: {recipes.first_line(exc)}: a segment is a "
+                            f"list of frames of equal length") from None
+        x = np.empty((len(segments),) + segment.shape, np.float32) if x is None else x
+        if segment.shape != x.shape[1:] or not segment.size:
+            raise DataError(f"{path}: mfcc[{index}] has shape {segment.shape}, mfcc[0] "
+                            f"{x.shape[1:]}: segments must share one shape; keep full ones only")
         x[index] = segment
-    bad = np.argwhere(~np.isfinite(x))
-    if len(bad):
-        raise DataError(
-            f"{path}: mfcc[{bad[0][0]}] holds a NaN or infinite value: drop or re-extract that segment"
-        )
-    # 2-D segments get one channel; 3-D ones are channels-last and move their channels first.
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        raise DataError(f"{path}: mfcc[{bad[0]}] holds a value that is not a finite float32 "
+                        f"number: drop or re-extract that segment")
+    # A 2-D segment is one channel; a 3-D one is channels-last and moves them first.
     return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def check_mapping(mapping, path):
-    """Refuse an empty genre list, a name listed twice, or one with a control character."""
-    if not mapping:
-        raise DataError(f"{path}: 'mapping' is empty: list the genre names, index = label")
-    if len(set(mapping)) != len(mapping):
-        name = next(m for i, m in enumerate(mapping) if m in mapping[:i])
-        raise DataError(f"{path}: genre '{name}' appears twice in 'mapping': names must be unique")
-    for index, name in enumerate(mapping):
-        # A newline or tab in a name would break the one-genre-per-line reports and files.
-        if any(unicodedata.category(char) == "Cc" for char in name):
-            raise DataError(f"{path}: mapping[{index}] = {name!r} contains a control character "
-                            f"(such as a newline or tab): remove it from the genre name")
-
-
-def integral_labels(labels, path):
-    """The labels as Python ints; integral floats such as 1.0 count, 1.5 is an error."""
-    for index, label in enumerate(labels):
-        if isinstance(label, float) and not label.is_integer():
-            raise DataError(f"{path}: labels[{index}] = {label} is not a whole number: a label is "
-                            f"the integer index of a genre in 'mapping'")
-    return [int(label) for label in labels]
-
-
-def check_labels(labels, mapping, path):
-    """Return labels as int64 after checking each indexes the mapping."""
-    check_mapping(mapping, path)
-    labels = integral_labels(labels, path)
-    huge = next((i for i, label in enumerate(labels) if not -2**63 <= label < 2**63), None)
-    if huge is not None:  # msgspec accepts integers of any size; int64 does not
-        raise DataError(
-            f"{path}: labels[{huge}] = {labels[huge]} is outside 0..{len(mapping) - 1}: "
-            f"fix the label"
-        )
-    y = np.array(labels, dtype=np.int64)
-    bad = np.flatnonzero((y < 0) | (y >= len(mapping)))
-    if len(bad):
-        raise DataError(
-            f"{path}: labels[{bad[0]}] = {y[bad[0]]} is outside 0..{len(mapping) - 1} "
-            f"('mapping' has {len(mapping)} genres): fix the label or add the genre to 'mapping'"
-        )
-    return y
-
-
-def check_tracks(tracks, y, path):
-    """Return track ids as strings after checking their count and that each track has one genre."""
-    if len(tracks) != len(y):
-        raise DataError(
-            f"{path}: 'tracks' has {len(tracks)} entries but 'labels' has {len(y)}: "
-            f"give one track id per segment, or drop 'tracks'"
-        )
-    ids = np.array([str(t) for t in tracks])
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    mismatch = np.flatnonzero(y != y[first][inverse])
-    if len(mismatch):
-        i = mismatch[0]
-        raise DataError(
-            f"{path}: track '{ids[i]}' has segments with labels {y[first[inverse[i]]]} and {y[i]} "
-            f"(tracks[{first[inverse[i]]}] and tracks[{i}]): all segments of a track share one genre"
-        )
-    return ids
-
-
-def check_features(features, x, path):
-    """The recipe of data.json, validated and matching the segments' shape; None when absent."""
-    if features is None:
-        return None
-    where = f"{path}: 'features'"
-    features = extract.validate_features(features, where)
-    shape = tuple(x.shape[1:])
-    expected = (1, features["frames"], features["n_mfcc"])
-    if shape != expected:
-        raise DataError(
-            f"{where} describes segments of {expected[1]} frames x {expected[2]} MFCCs, but the "
-            f"segments are {' x '.join(map(str, shape[1:]))}"
-            f"{f' x {shape[0]} channels' if shape[0] != 1 else ''}: re-extract with extract.py"
-        )
-    return features
+def recipe_of(features, shape):
+    """(recipe, assumed): the stored one, else the tutorial's if the shape is its, else None."""
+    tutorial = recipes.TUTORIAL_FEATURES
+    if features or tuple(shape) != recipes.segment_shape(tutorial):
+        return features or None, not features
+    return dict(tutorial), True
 
 
 def load_dataset(path):
-    """Read, validate and convert data.json.
-
-    Returns (x, y, mapping, tracks or None, features or None, raw sha256).
-    """
-    path = Path(path).absolute()  # every message names the file it looked at in full
-    raw = read_source(path)
-    # hashlib releases the GIL, so the fingerprint is computed while msgspec parses.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(lambda: hashlib.sha256(raw).hexdigest())
-        doc = decode_document(raw, path)
-    if len(doc.mfcc) != len(doc.labels):
-        raise DataError(
-            f"{path}: 'mfcc' has {len(doc.mfcc)} segments but 'labels' has {len(doc.labels)}: "
-            f"give exactly one label per segment"
-        )
-    y = check_labels(doc.labels, doc.mapping, path)
-    tracks = None if doc.tracks is None else check_tracks(doc.tracks, y, path)
-    x = to_segment_array(doc.mfcc, path)
-    features = check_features(doc.features, x, path)
-    return x, y, list(doc.mapping), tracks, features, digest.result()
+    """data.json, read and validated; DataError (one line) for every bad input."""
+    try:
+        raw = Path(input_file(path, "--data", DATA_HINT)).read_bytes()
+    except OSError as exc:
+        raise DataError(f"--data {path} cannot be read ({exc.strerror}): check it") from None
+    doc = decode_document(raw, path)
+    y, tracks = check_labels(doc, path)
+    x = segment_array(doc.mfcc, path)
+    where = f"{path}: 'features'"
+    print(f"Read {len(y)} segments of {len(doc.mapping)} genres from {path}")
+    if doc.features is not None:
+        recipes.check_shape(x.shape[1:], recipes.check_features(doc.features, where), where)
+    elif recipe_of(None, x.shape[1:])[0]:
+        print(f"Note: {path} has no 'features' (the MFCC recipe extract.py writes); assuming the "
+              f"tutorial recipe, which gives segments of this shape")
+    return Dataset(x, y, list(doc.mapping), tracks, doc.features, hashlib.sha256(raw).hexdigest())
 
 
-# ---------------------------------------------------------------------------------------------
-# Splitting and normalizing
+def split_kind(settings, dataset, path):
+    """"segment", "track" or "filtered": what --split-by asks for, given the data at hand."""
+    if settings.split_by == "auto":
+        return "segment" if dataset.tracks is None else "track"
+    if settings.split_by != "segment" and dataset.tracks is None:
+        raise DataError(f"{path}: --split-by {settings.split_by} needs 'tracks' (a track id per "
+                        f"segment, as extract.py writes): add them or use --split-by segment")
+    return settings.split_by
 
 
-def resolve_split_kind(split_by, tracks, path):
-    """Return "segment" or "track" for the requested --split-by and the data at hand."""
-    if split_by == "track" and tracks is None:
-        raise DataError(
-            f"{path}: --split-by track needs a 'tracks' list (one track id per segment): "
-            f"add it or use --split-by segment"
-        )
-    if split_by == "auto":
-        return "segment" if tracks is None else "track"
-    return split_by
+def stratified(dataset, kind, rows, size, seed):
+    """train_test_split of the rows' units (tracks or segments), stratified by genre: (kept rows,
+    held-out rows). size: a fraction or a count of units."""
+    from sklearn.model_selection import train_test_split  # only when a split is made
+
+    unit, first = np.arange(len(rows)), slice(None)
+    if kind != "segment":
+        _, first, unit = np.unique(dataset.tracks[rows], return_index=True, return_inverse=True)
+    labels = dataset.y[rows][first]
+    counts = np.bincount(labels, minlength=len(dataset.mapping))
+    few = ", ".join(f"{g} ({n})" for g, n in zip(dataset.mapping, counts) if 0 < n < MIN_PER_GENRE)
+    if few or np.count_nonzero(counts) < 2:
+        raise DataError(f"a stratified split needs two genres or more, each of {MIN_PER_GENRE} "
+                        f"{kind}s or more; too few: {few or 'all genres but one'}: add data or "
+                        f"remove those genres" + ", or use --split-by segment" * (kind == "track"))
+    try:
+        kept, held = train_test_split(np.arange(len(labels)), test_size=size, stratify=labels,
+                                      random_state=seed)
+    except ValueError as exc:
+        raise DataError(f"cannot split {len(labels)} {kind}s into stratified sets ({exc}): add "
+                        f"data or change --val-split/--test-split") from None
+    return rows[np.isin(unit, kept)], rows[np.isin(unit, held)]
 
 
-def check_genre_sizes(unit_labels, mapping, unit, path):
-    """Refuse genres too small to stratify; return the names of genres with no data at all."""
-    counts = np.bincount(unit_labels, minlength=len(mapping))
-    if np.count_nonzero(counts) < 2:
-        raise DataError(f"{path}: only one genre has segments: a classifier needs at least two")
-    for genre, count in zip(mapping, counts):
-        if 0 < count < MIN_PER_GENRE:
-            # Few tracks with many segments each can still be split by segment (optimistically).
-            other = " or split by segment (--split-by segment)" if unit == "track" else ""
-            raise DataError(
-                f"{path}: genre '{genre}' has only {count} {unit}(s); a stratified train/validation/"
-                f"test split needs at least {MIN_PER_GENRE} per genre: add data for it, remove "
-                f"it{other}"
-            )
-    return [genre for genre, count in zip(mapping, counts) if count == 0]
+def split_train_val(dataset, kind, rest_rows, val_fraction, seed):
+    """Stratified (train, val) rows of rest_rows, by unit; val_fraction is of ALL the data."""
+    total = len(dataset.y) if kind == "segment" else len(np.unique(dataset.tracks))
+    return stratified(dataset, kind, rest_rows, int(np.ceil(val_fraction * total)), seed)
 
 
-def split_units(y, groups=None):
-    """The units a split moves whole: (unit of each row or None for segments, label of each unit)."""
-    if groups is None:
-        return None, y
-    _, first, unit_of_row = np.unique(groups, return_index=True, return_inverse=True)
-    return unit_of_row, y[first]
+def filtered_rows(dataset):
+    """Rows of the fault-filtered split's train, val and test lists; other tracks left out."""
+    path = input_file(Path(__file__).with_name(FILTERED_SPLIT_FILE), "--split-by filtered",
+                      "the project ships this file: restore it")
+    odd = [track for track in dataset.tracks if not GTZAN_ID.fullmatch(track)]
+    if odd:
+        raise DataError(f"--split-by filtered needs GTZAN track ids such as blues.00012, not "
+                        f"{odd[0]!r}: use --split-by track")
+    lists = json.loads(path.read_text(encoding="utf-8"))
+    parts = [np.flatnonzero(np.isin(dataset.tracks, lists[name])) for name in SPLIT_NAMES]
+    out = np.setdiff1d(np.arange(len(dataset.y)), np.concatenate(parts))
+    if out.size:
+        print(f"Fault-filtered split: {out.size} segments of {len(set(dataset.tracks[out]))} "
+              f"tracks in none of its lists are left out")
+    has = np.array([np.bincount(dataset.y[p], minlength=len(dataset.mapping)) > 0 for p in parts])
+    lacking = [f"{genre} (no {'/'.join(np.array(SPLIT_NAMES)[~has[:, g]])})"
+               for g, genre in enumerate(dataset.mapping) if not has[:, g].all()]
+    if lacking:
+        raise DataError(f"the fault-filtered split leaves genres without tracks: "
+                        f"{', '.join(lacking)}: it needs the whole GTZAN set (1,000 tracks); use "
+                        f"--split-by track for a subset")
+    return tuple(parts)
 
 
-def split_stratified(unit_labels, settings, unit_of_row=None):
-    """Return train/val/test row indices, stratified by label; rows of one unit stay together."""
-    # Imported here, not at the top: predict.py imports this module (for normalize) and should
-    # not pay scikit-learn's start-up time.
-    from sklearn.model_selection import train_test_split
-
-    units = np.arange(len(unit_labels))
-    rest, test = train_test_split(
-        units, test_size=settings.test_split, stratify=unit_labels, random_state=settings.seed
-    )
-    train, val = train_test_split(
-        rest,
-        test_size=settings.val_split / (1 - settings.test_split),
-        stratify=unit_labels[rest],
-        random_state=settings.seed,
-    )
-    if unit_of_row is None:
-        return train, val, test
-    return tuple(np.flatnonzero(np.isin(unit_of_row, part)) for part in (train, val, test))
-
-
-def tutorial_shape(shape):
-    """True when (C, H, W) segments have the shape the tutorial recipe gives."""
-    tutorial = extract.TUTORIAL_FEATURES
-    return tuple(shape) == (1, tutorial["frames"], tutorial["n_mfcc"])
-
-
-def features_of(arrays):
-    """(recipe, assumed) of a cache: its stored recipe, else the tutorial's if the shape fits."""
-    stored = str(arrays["features"])
-    if stored:
-        return json.loads(stored), False
-    if tutorial_shape(arrays["X_train"].shape[1:]):
-        return dict(extract.TUTORIAL_FEATURES), True
-    return None, True
-
-
-def normalization_range(x_train):
-    """Global min and max of the training split: the only statistics used to scale every split."""
-    return float(x_train.min()), float(x_train.max())
+def split_rows(dataset, kind, settings):
+    """(train, val, test) row indices: the fault-filtered lists, or two stratified splits."""
+    if kind == "filtered":
+        return filtered_rows(dataset)
+    everything = np.arange(len(dataset.y))
+    rest, test = stratified(dataset, kind, everything, settings.test_split, settings.seed)
+    return (*split_train_val(dataset, kind, rest, settings.val_split, settings.seed), test)
 
 
 def normalize(x, norm_min, norm_max):
-    """Scale x to [0, 1] by the training range; constant data maps to 0 instead of dividing by 0."""
+    """x scaled by the training range to [0, 1]; constant training data maps to 0."""
     scale = (norm_max - norm_min) or 1.0
     return ((x - np.float32(norm_min)) / np.float32(scale)).astype(np.float32, copy=False)
 
 
-def build_arrays(path, settings):
-    """Load data.json, split and normalize it; return the cache's arrays (fingerprint included)."""
-    path = Path(path).absolute()  # every message names the file it looked at in full
-    x, y, mapping, tracks, features, digest = load_dataset(path)
-    if features is None and tutorial_shape(x.shape[1:]):
-        print(f"Note: {path} has no 'features' (the MFCC recipe written by extract.py); "
-              f"assuming the tutorial recipe, extract.py's defaults")
-    kind = resolve_split_kind(settings.split_by, tracks, path)
-    unit_of_row, unit_labels = split_units(y, tracks if kind == "track" else None)
-    empty = check_genre_sizes(unit_labels, mapping, kind, path)
-    if empty:
-        print(f"warning: {path}: no segments for genre(s) {', '.join(empty)}; "
-              f"the model keeps an output for each but never sees one", file=sys.stderr)
-    try:
-        parts = split_stratified(unit_labels, settings, unit_of_row)
-    except ValueError as exc:
-        raise DataError(
-            f"{path}: cannot split {len(unit_labels)} {kind}s into stratified train/validation/"
-            f"test sets ({exc}): add data or change --val-split/--test-split"
-        ) from None
-    norm_min, norm_max = normalization_range(x[parts[0]])
-    arrays = {"mapping": np.array(mapping, dtype=str), "split_kind": np.array(kind),
-              "features": np.array("" if features is None else json.dumps(features))}
-    for name, rows in zip(SPLIT_NAMES, parts):
-        arrays[f"X_{name}"] = normalize(x[rows], norm_min, norm_max)
-        arrays[f"y_{name}"] = y[rows]
-        arrays[f"tracks_{name}"] = tracks[rows] if tracks is not None else np.array([], dtype=str)
-    arrays.update(norm_min=np.float64(norm_min), norm_max=np.float64(norm_max))
-    arrays.update(fingerprint(digest, settings))
-    return arrays
+def prepare(dataset, kind, rows, settings):
+    """PreparedData of the rows (train, val, test), all scaled by the training rows' range."""
+    lo, hi = float(dataset.x[rows[0]].min()), float(dataset.x[rows[0]].max())
+    with np.errstate(all="ignore"):  # a range beyond float32 is refused below
+        x = [normalize(dataset.x[part], lo, hi) for part in rows]
+    if not all(np.isfinite(part).all() for part in x) or hi - lo > float(np.finfo(np.float32).max):
+        raise DataError(f"the segments span [{lo:g}, {hi:g}] or more, too wide to scale in "
+                        f"float32: they are not MFCCs of audio; re-extract them")
+    y = [dataset.y[part] for part in rows]
+    tracks = [] if dataset.tracks is None else dataset.tracks[rows[2]].tolist()
+    return PreparedData(x[0], y[0], x[1], y[1], x[2], y[2], tracks, list(dataset.mapping), lo, hi,
+                        kind, settings, dataset.source_sha256,
+                        *recipe_of(dataset.features, dataset.x.shape[1:]))
 
 
-def fingerprint(digest, settings):
-    """What produced a cache: the source's content hash, the split settings and the format."""
-    return {
-        "source_sha256": np.array(digest),
-        "val_split": np.float64(settings.val_split),
-        "test_split": np.float64(settings.test_split),
-        "seed": np.int64(settings.seed),
-        "split_by": np.array(settings.split_by),
-        "format_version": np.int64(CACHE_FORMAT_VERSION),
-    }
+def is_cache(path):
+    """True when path is a zip holding our cache's members (not merely any zip)."""
+    with zipfile.ZipFile(path) as archive:
+        return CACHE_MEMBERS <= set(archive.namelist())
 
 
-# ---------------------------------------------------------------------------------------------
-# The cache
-
-
-def write_cache(arrays, path):
-    """Write the arrays as a compressed npz, atomically."""
-    with atomic_write(path, flag="--cache") as handle:
+def write_cache(dataset, p, rows, path):
+    """Write the cache of PreparedData p atomically, replacing only a cache of ours."""
+    arrays = {key: np.array(value) for key, value in dict(
+        dataclasses.asdict(p.split), mapping=p.mapping, split_kind=p.split_kind,
+        norm_min=p.norm_min, norm_max=p.norm_max, source_sha256=p.source_sha256,
+        features=json.dumps(dataset.features) if dataset.features else "",
+        format_version=CACHE_FORMAT_VERSION).items()}  # 0-d arrays, as np.load gives them back
+    for name, part in zip(SPLIT_NAMES, rows):
+        arrays.update({f"X_{name}": getattr(p, f"x_{name}"), f"y_{name}": getattr(p, f"y_{name}"),
+                       f"tracks_{name}": np.array([], str) if dataset.tracks is None
+                       else dataset.tracks[part]})
+    check_replaceable(path, "--cache", CACHE_KIND, is_cache)
+    with atomic_write(path, "wb", "--cache") as handle:
         np.savez_compressed(handle, **arrays)
 
 
-CACHE_KEYS = (
-    [f"{kind}_{name}" for kind in ("X", "y", "tracks") for name in SPLIT_NAMES]
-    + ["mapping", "split_kind", "norm_min", "norm_max", "features"]
-    + list(fingerprint("", SplitSettings()))
-)
-
-
 def read_cache(path):
-    """Return the cache's arrays, or None when it is missing, unreadable or of another format."""
-    try:
+    """(PreparedData, None) of a sound cache, or (None, why it cannot be used)."""
+    if not os.path.exists(path):
+        return None, "no cache yet"
+    try:  # a hand-made cache may hold anything: each split must be there and fit the others
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in CACHE_KEYS}
-    except Exception:  # a truncated or foreign file fails in zipfile, zlib, numpy or the key lookup
-        return None
-    return arrays if int(arrays["format_version"]) == CACHE_FORMAT_VERSION else None
+            a = {key: npz[key] for key in npz.files}
+        x, y, t = ([a[f"{kind}_{name}"] for name in SPLIT_NAMES] for kind in ("X", "y", "tracks"))
+        sound = (a["format_version"] == CACHE_FORMAT_VERSION and a["mapping"].dtype.kind == "U"
+                 and str(a["split_kind"]) in SPLIT_CHOICES[1:]
+                 and np.isfinite([a["norm_min"], a["norm_max"]]).all())
+        for xi, yi, ti in zip(x, y, t):  # every split there, of one shape, labelled in range
+            sound = sound and (xi.dtype == np.float32 and xi.shape[1:] == x[0].shape[1:] and
+                               xi.ndim == 4 and len(xi) > 0 and np.isfinite(xi).all() and
+                               yi.dtype == np.int64 and yi.shape == (len(xi),) and 0 <= yi.min()
+                               and yi.max() < len(a["mapping"]) and len(ti) in (0, len(xi)))
+        if not sound:
+            raise ValueError("inconsistent")
+        stored = str(a["features"])
+        return PreparedData(
+            x[0], y[0], x[1], y[1], x[2], y[2], t[2].tolist(), a["mapping"].tolist(),
+            float(a["norm_min"]), float(a["norm_max"]), str(a["split_kind"]),
+            SplitSettings(*(a[f.name].item() for f in dataclasses.fields(SplitSettings))),
+            str(a["source_sha256"]),
+            *recipe_of(json.loads(stored) if stored else None, x[0].shape[1:])), None
+    except Exception:  # noqa: BLE001 - zipfile, zlib, numpy and the checks each raise their own
+        return None, "cache damaged or of another format"
 
 
-def stored_settings(arrays):
-    """The SplitSettings a cache was built with."""
-    return SplitSettings(float(arrays["val_split"]), float(arrays["test_split"]),
-                         int(arrays["seed"]), str(arrays["split_by"]))
+def changes(stored, wanted):
+    """{field: "field old -> new"} for each split setting that differs."""
+    return {f.name: f"{f.name} {getattr(stored, f.name)} -> {getattr(wanted, f.name)}"
+            for f in dataclasses.fields(SplitSettings)
+            if getattr(stored, f.name) != getattr(wanted, f.name)}
 
 
-def changed_settings(arrays, settings):
-    """{field: (cached, requested)} for each split setting that differs from the cache's."""
-    stored = {key: arrays[key].item() for key in SPLIT_FLAGS}
-    wanted = {key: getattr(settings, key) for key in stored}
-    return {key: (stored[key], wanted[key]) for key in stored if stored[key] != wanted[key]}
-
-
-def describe_changes(changes):
-    """{field: (old, new)} as ["field old -> new", ...]."""
-    return [f"{key} {old} -> {new}" for key, (old, new) in changes.items()]
-
-
-def stale_reason(arrays, json_path, settings):
-    """Why the cache no longer matches data.json and the settings, or None when it is fresh."""
-    changed = describe_changes(changed_settings(arrays, settings))
+def stale_reason(cached, json_path, settings):
+    """Why the cache does not fit data.json and the split settings, or None when it does."""
+    changed = changes(cached.split, settings)
     if changed:
-        return "split settings changed (" + ", ".join(changed) + ")"
-    if file_sha256(json_path) != arrays["source_sha256"].item():
-        return f"{json_path} changed since the cache was built"
-    return None
-
-
-def file_sha256(path):
-    """SHA-256 of a file's content, read in chunks."""
+        return f"split settings changed ({', '.join(changed.values())})"
     try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError as exc:
-        raise DataError(f"{path} cannot be read ({exc.strerror}): check its permissions") from None
-
-
-def use_cache_as_it_is(arrays, json_path, cache_path, settings, explicit, log):
-    """The cache's arrays when data.json is gone; DataError if an explicit setting cannot apply.
-
-    explicit names the SplitSettings fields given on the command line: those the cache cannot
-    honour are an error, while defaults that differ from the cache only earn a note.
-    """
-    changes = changed_settings(arrays, settings)
-    refused = {key: change for key, change in changes.items() if key in explicit}
-    if refused:
-        raise DataError(
-            f"--data {Path(json_path).absolute()} not found, so the cache "
-            f"{Path(cache_path).absolute()} cannot be rebuilt with "
-            f"{', '.join(describe_changes(refused))}: restore the data file (or pass it with "
-            f"--data), or drop {' and '.join(SPLIT_FLAGS[key] for key in refused)}"
-        )
-    ignored = f"; it cannot apply {', '.join(describe_changes(changes))}" if changes else ""
-    log(f"{Path(json_path).absolute()} not found; using the existing cache "
-        f"{Path(cache_path).absolute()} as it is{ignored}")
-    return arrays
-
-
-def missing_source_context(cache_path, reprocess):
-    """Why a missing data.json matters: what is wrong with the cache that would replace it."""
-    cache_path = Path(cache_path).absolute()
-    if reprocess:
-        return f", and --reprocess asks to rebuild the cache --cache {cache_path} from it"
-    if not cache_path.exists():
-        return f", and there is no cache at --cache {cache_path} to use instead"
-    return f", and the cache --cache {cache_path} is unreadable or of an older format"
-
-
-def prepare_cache(json_path, cache_path, settings, reprocess=False, log=print, explicit=()):
-    """Return the cache's arrays: reused when fresh, rebuilt (saying why) otherwise.
-
-    explicit: the SplitSettings fields given on the command line (see use_cache_as_it_is).
-    """
-    check_archive_output(cache_path, "--cache")
-    arrays = None if reprocess else read_cache(cache_path)
-    if arrays is not None and not Path(json_path).is_file():
-        return use_cache_as_it_is(arrays, json_path, cache_path, settings, explicit, log)
-    if reprocess:
-        reason = "rebuild requested"
-    elif arrays is None:
-        reason = "no cache yet" if not Path(cache_path).exists() else "cache unreadable or outdated"
-    else:
-        reason = stale_reason(arrays, json_path, settings)
-    if reason is None:
-        log(f"Loaded preprocessed data from {cache_path}")
-        return arrays
-    check_source(json_path, context=missing_source_context(cache_path, reprocess))
-    log(f"Preprocessing {json_path} -> {cache_path} ({reason})")
-    arrays = build_arrays(json_path, settings)
-    write_cache(arrays, cache_path)
-    return arrays
+        with open(json_path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:  # unreadable: load_dataset says so in one line
+        digest = None
+    fresh = digest == cached.source_sha256
+    return None if fresh else f"{json_path} changed since the cache was built"
 
 
 def load_data(json_path=JSON_PATH, cache_path=PREPROCESSED_DATA_PATH, settings=SplitSettings(),
-              reprocess=False, log=print, explicit=()):
-    """Return PreparedData for train.py, preprocessing first when the cache is missing or stale.
+              reprocess=False, explicit=()):
+    """PreparedData from the cache while it is fresh, else rebuilt from data.json (saying why).
 
-    explicit: the SplitSettings fields given on the command line (see use_cache_as_it_is).
+    Without data.json a sound cache is used as it is, unless a split flag given explicitly (a
+    SplitSettings field named in explicit) asks for what it does not hold.
     """
-    import torch  # imported here so that `python preprocess.py` stays light and fast
-
-    arrays = prepare_cache(json_path, cache_path, settings, reprocess, log, explicit)
-    tensors = {key: torch.from_numpy(arrays[key]) for key in CACHE_KEYS if key[:2] in ("X_", "y_")}
-    features, assumed = features_of(arrays)
-    return PreparedData(
-        x_train=tensors["X_train"], y_train=tensors["y_train"],
-        x_val=tensors["X_val"], y_val=tensors["y_val"],
-        x_test=tensors["X_test"], y_test=tensors["y_test"],
-        mapping=arrays["mapping"].tolist(),
-        norm_min=float(arrays["norm_min"]), norm_max=float(arrays["norm_max"]),
-        split_kind=str(arrays["split_kind"]), tracks_test=arrays["tracks_test"].tolist(),
-        source_sha256=str(arrays["source_sha256"]), split=stored_settings(arrays),
-        features=features, features_assumed=assumed,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Demo data
+    check_replaceable(cache_path, "--cache", CACHE_KIND, is_cache)  # before any work
+    cached, reason = (None, "rebuild requested") if reprocess else read_cache(cache_path)
+    if cached is not None and not os.path.exists(json_path):
+        refused = [text for field, text in changes(cached.split, settings).items()
+                   if field in explicit]
+        if refused:
+            raise DataError(f"--data {json_path} not found, so the cache {cache_path} cannot be "
+                            f"rebuilt with {', '.join(refused)}: restore the data (or pass it "
+                            f"with --data) or drop those flags")
+        print(f"{json_path} not found; using the cache {cache_path} as it is")
+        return cached
+    input_file(json_path, "--data", DATA_HINT)  # a FIFO is refused before it is hashed
+    reason = reason if cached is None else stale_reason(cached, json_path, settings)
+    if reason is None:
+        print(f"Loaded preprocessed data from {cache_path}")
+        return cached
+    print(f"Preprocessing {json_path} -> {cache_path} ({reason})")
+    dataset = load_dataset(json_path)
+    kind = split_kind(settings, dataset, json_path)
+    rows = split_rows(dataset, kind, settings)
+    prepared = prepare(dataset, kind, rows, settings)
+    write_cache(dataset, prepared, rows, cache_path)
+    return prepared
 
 
 def make_demo_data(genres=10, tracks_per_genre=10, segments_per_track=10, frames=130, coeffs=13,
                    seed=0, decimals=2):
-    """A deterministic, learnable, GTZAN-shaped data set in the data.json format (with tracks).
-
-    decimals=None keeps full float64 precision, as an extractor's output dumped as-is would.
-    """
+    """A deterministic, learnable, GTZAN-shaped data.json dict with tracks: each genre its own
+    MFCC profile and rhythm, each track its own colour, each segment its own noise.
+    decimals=None keeps full precision, as an extractor's output dumped as-is would."""
     rng = np.random.default_rng(seed)
     level = np.linspace(-200.0, 0.0, coeffs)  # MFCC-like: a large first coefficient, then smaller
-    genre_profile = rng.normal(0.0, 12.0, (genres, coeffs))
-    genre_rhythm = rng.uniform(0.05, 0.5, genres)  # cycles per frame of each genre's modulation
-    frame = np.arange(frames)[:, None]
-    mfcc, labels, tracks = [], [], []
-    for genre in range(genres):
-        for track in range(tracks_per_genre):
-            colour = rng.normal(0.0, 8.0, coeffs)  # what sets a track apart from its genre-mates
-            for _ in range(segments_per_track):
-                phase = rng.uniform(0.0, 2 * np.pi)
-                pulse = 12.0 * np.sin(2 * np.pi * genre_rhythm[genre] * frame + phase)
-                noise = rng.normal(0.0, 25.0, (frames, coeffs))
-                segment = level + genre_profile[genre] + colour + pulse + noise
-                mfcc.append((segment if decimals is None else np.round(segment, decimals)).tolist())
-                labels.append(genre)
-                tracks.append(f"demo{genre}.{track:05d}")
-    mapping = DEMO_GENRES if genres == len(DEMO_GENRES) else [f"genre{g}" for g in range(genres)]
-    return {"mapping": list(mapping), "labels": labels, "mfcc": mfcc, "tracks": tracks}
-
-
-def ensure_demo_data(path, log=print):
-    """Write the demo data set to path unless it is already there."""
-    if not Path(path).exists():
-        log(f"Writing demo data to {path}")
-        write_json(make_demo_data(), path)
+    profile = rng.normal(0.0, 12.0, (genres, coeffs))
+    rhythm = rng.uniform(0.05, 0.5, genres)  # cycles per frame of each genre's modulation
+    data = {"mapping": list(DEMO_GENRES) if genres == len(DEMO_GENRES) else
+            [f"genre{g}" for g in range(genres)], "labels": [], "mfcc": [], "tracks": []}
+    for genre, track in np.ndindex(genres, tracks_per_genre):
+        colour = rng.normal(0.0, 8.0, coeffs)
+        for _ in range(segments_per_track):
+            phase = rng.uniform(0.0, 2 * np.pi)
+            pulse = 12.0 * np.sin(2 * np.pi * rhythm[genre] * np.arange(frames)[:, None] + phase)
+            noise = rng.normal(0.0, 25.0, (frames, coeffs))
+            segment = level + profile[genre] + colour + pulse + noise
+            data["mfcc"].append((segment if decimals is None else segment.round(decimals)).tolist())
+            data["labels"].append(genre)
+            data["tracks"].append(f"demo{genre}.{track:05d}")
+    return data
 
 
 def demo_paths():
@@ -679,104 +422,74 @@ def demo_paths():
     return str(Path(DEMO_DIR) / JSON_PATH), str(Path(DEMO_DIR) / PREPROCESSED_DATA_PATH)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
+def ensure_demo_data(path):
+    """Write the demo data set to path unless something is already there."""
+    if not os.path.lexists(path):
+        print(f"Writing demo data to {path}")
+        with atomic_write(path, "wb") as handle:
+            handle.write(msgspec.json.encode(make_demo_data()))
 
 
-def check_distinct(parser, source, target, target_flag):
-    """Refuse to write the cache over the input (or the input over itself)."""
-    if Path(source).resolve() == Path(target).resolve():
-        parser.error(f"{target_flag} {target} is the input file: writing it would destroy the data")
+def add_split_arguments(parser, defaults=True):
+    """The split flags, shared with train.py. With defaults=False a flag not given stays unset:
+    that tells the flags given explicitly from those left at their defaults."""
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    fraction = at_least(float, 0.0, strict=True)
+    parser.add_argument("--val-split", type=fraction, default=default(VALIDATION_SPLIT),
+                        help="fraction of all data used for validation")
+    parser.add_argument("--test-split", type=fraction, default=default(TEST_SPLIT),
+                        help="fraction of all data held out for the final test")
+    parser.add_argument("--split-seed", type=at_least(int, 0), default=default(RANDOM_STATE),
+                        help="random_state of the split")
+    parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=default(SPLIT_BY),
+                        help="auto: by track when data.json has 'tracks', so that a track stays "
+                             "in one split; filtered: GTZAN's fault-filtered split (Kereliuk, "
+                             "Sturm & Larsen 2015), for the whole GTZAN set")
 
 
-def split_fraction(text):
-    """argparse type: a fraction strictly between 0 and 1."""
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a fraction strictly between 0 and 1")
-    return value
+def split_settings(args):
+    """The SplitSettings of parsed flags; DataError when they leave no training data."""
+    if args.val_split + args.test_split >= 1:
+        raise DataError(f"--val-split {args.val_split} plus --test-split {args.test_split} leave "
+                        f"no training data: keep their sum below 1")
+    if args.split_seed >= 2**32:
+        raise DataError(f"--split-seed {args.split_seed} is too large: sklearn takes 0 .. 2**32-1")
+    return SplitSettings(args.val_split, args.test_split, args.split_seed, args.split_by)
 
 
 def parse_args(argv=None):
     """Parse the command line."""
-    parser = argparse.ArgumentParser(
-        description="Validate data.json, normalize it to [0, 1] and write a stratified "
-                    "train/validation/test split to a compressed .npz cache.",
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument("--data", type=file_path, default=JSON_PATH, help="input JSON file")
-    parser.add_argument("--cache", type=file_path, default=PREPROCESSED_DATA_PATH,
-                        help="cache file to write")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, description="Validate "
+                                     "data.json, split it, scale it to [0, 1] by the training "
+                                     "split's range and write the cache train.py reads.")
+    parser.add_argument("--data", default=JSON_PATH, help="input: the segments extract.py wrote")
+    parser.add_argument("--cache", default=PREPROCESSED_DATA_PATH, help="output: the cache")
     add_split_arguments(parser)
     parser.add_argument("--demo", action="store_true",
                         help=f"use generated demo data in {DEMO_DIR}/ instead of --data/--cache")
     args = parser.parse_args(argv)
-    check_split_arguments(parser, args)
-    check_distinct(parser, args.data, args.cache, "--cache")
     if args.demo and (args.data, args.cache) != (JSON_PATH, PREPROCESSED_DATA_PATH):
-        parser.error("--demo uses its own files in demo/; drop --data and --cache")
+        parser.error("--demo uses its own files in demo/: drop --data and --cache")
     return args
 
 
-def add_split_arguments(parser, defaults=True):
-    """The split flags, shared with train.py; without defaults, absent flags stay unset."""
-    def default(value):
-        return value if defaults else argparse.SUPPRESS
-
-    parser.add_argument("--val-split", type=split_fraction, default=default(VALIDATION_SPLIT),
-                        help="fraction of all data used for validation")
-    parser.add_argument("--test-split", type=split_fraction, default=default(TEST_SPLIT),
-                        help="fraction of all data held out for testing")
-    parser.add_argument("--split-seed", type=seed_value, default=default(RANDOM_STATE),
-                        help="random_state of the train/validation/test split")
-    parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=default(SPLIT_BY),
-                        help="keep each track's segments in one split ('auto': when data.json "
-                             "has 'tracks')")
-
-
-def given_split_settings(parser, argv=None):
-    """The SplitSettings fields whose flags argv gives explicitly, even if at their defaults.
-
-    parser has the split flags without defaults (add_split_arguments(..., defaults=False)), so
-    only the flags actually on the command line end up in the parsed namespace.
-    """
-    given = vars(parser.parse_args(argv))
-    return frozenset(field for field, flag in SPLIT_FLAGS.items()
-                     if flag[2:].replace("-", "_") in given)  # argparse's dest of the flag
-
-
-def check_split_arguments(parser, args):
-    """Reject split fractions that leave no training data."""
-    if args.val_split + args.test_split >= 1.0:
-        parser.error("--val-split plus --test-split must stay below 1 to leave training data")
-
-
-def split_settings(args):
-    """The SplitSettings named on the command line."""
-    return SplitSettings(args.val_split, args.test_split, args.split_seed, args.split_by)
-
-
-def print_summary(arrays, json_path, cache_path, seconds):
-    """Report what was read and what was written."""
-    n = {name: len(arrays[f"y_{name}"]) for name in SPLIT_NAMES}
-    shape = arrays["X_train"].shape[1:]
-    mapping, kind = arrays["mapping"].tolist(), str(arrays["split_kind"])
-    print(f"Read {sum(n.values())} segments of {len(mapping)} genres from {json_path}")
-    print(f"Input shape: (C={shape[0]}, H={shape[1]}, W={shape[2]})")
-    print(f"Split by {kind}: train/val/test = {n['train']}/{n['val']}/{n['test']} segments")
-    if kind == "segment":
-        remedy = "--split-by track" if len(arrays["tracks_train"]) else "add 'tracks' to data.json"
-        print("Note: segments of one track can sit in both training and test sets, so test "
+def print_summary(p, cache_path, seconds):
+    """How the data was split and scaled, and what was written."""
+    ys = [getattr(p, f"y_{name}") for name in SPLIT_NAMES]
+    print("Input shape: (C={}, H={}, W={})".format(*p.x_train.shape[1:]))
+    print(f"Split by {p.split_kind}: train/val/test = {'/'.join(str(len(y)) for y in ys)} segments")
+    if p.split_kind == "segment":
+        remedy = "--split-by track" if p.tracks_test else "add 'tracks' to data.json"
+        print(f"Note: segments of one track can sit in both training and test sets, so test "
               f"accuracy is optimistic ({remedy} for a track-level split)")
-    width = max(len(genre) for genre in mapping + ["genre"])
+    width = max(len(genre) for genre in p.mapping + ["genre"])
     print(f"  {'genre':<{width}}  {'train':>5}  {'val':>5}  {'test':>5}")
-    for label, genre in enumerate(mapping):
-        counts = [int(np.sum(arrays[f"y_{name}"] == label)) for name in SPLIT_NAMES]
-        print(f"  {genre:<{width}}  {counts[0]:>5}  {counts[1]:>5}  {counts[2]:>5}")
-    print(f"Normalized to [0, 1] with the training range "
-          f"[{float(arrays['norm_min']):.4f}, {float(arrays['norm_max']):.4f}]")
-    size_mb = Path(cache_path).stat().st_size / 1e6
-    print(f"Wrote {cache_path} ({size_mb:.1f} MB) in {seconds:.1f} s")
+    for label, genre in enumerate(p.mapping):
+        print(f"  {genre:<{width}}" + "".join(f"  {np.count_nonzero(y == label):>5}" for y in ys))
+    print(f"Normalized to [0, 1] with the training range [{p.norm_min:.4f}, {p.norm_max:.4f}]")
+    print(f"Wrote {cache_path} ({os.path.getsize(cache_path) / 1e6:.1f} MB) in {seconds:.1f} s")
 
 
 def main(argv=None) -> int:
@@ -785,20 +498,16 @@ def main(argv=None) -> int:
     json_path, cache_path = demo_paths() if args.demo else (args.data, args.cache)
     start = time.perf_counter()
     try:
-        check_archive_output(cache_path, "--cache")
+        settings = split_settings(args)
         if args.demo:
             ensure_demo_data(json_path)
-        arrays = build_arrays(json_path, split_settings(args))
-        write_cache(arrays, cache_path)
+        prepared = load_data(json_path, cache_path, settings, reprocess=True)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nInterrupted; the previous cache, if any, is unchanged.", file=sys.stderr)
-        return 130
-    print_summary(arrays, json_path, cache_path, time.perf_counter() - start)
+    print_summary(prepared, cache_path, time.perf_counter() - start)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(run_main(main))

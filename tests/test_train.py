@@ -1,417 +1,363 @@
-"""Tests of train.py: the model, the training loop, checkpoints, metrics and the command line."""
-import hashlib
+"""Tests of train.py: the model, the best weights, the files it writes or refuses to write, signals,
+NaN, the ONNX export and k-fold cross-validation, against independent references."""
+import errno
+import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import zipfile
 
 import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+import model
+import plots
 import preprocess
 import train
-from conftest import ROOT, TINY, load_npz, read_json, write_json_file
+from common import TEMP_SUFFIX
+from conftest import ROOT, tiny_data, write_json
 
-# Tiny but learnable: 3 genres x 10 tracks x 4 segments of 16 x 8.
-ARTIFACTS = [train.BEST_MODEL_FILE, train.FINAL_MODEL_FILE, train.MAPPING_FILE,
-             train.HISTORY_FILE, train.METRICS_FILE]
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    """A folder with a tiny data.json; returns the folder."""
-    write_json_file(preprocess.make_demo_data(**TINY), tmp_path / "data.json")
-    return tmp_path
+RUN_ARGS = ["--epochs", "12", "--patience", "3", "--lr", "0.01", "--device", "cpu", "--no-plots"]
 
 
-def run_train(folder, *args):
-    """train.main on folder's data.json, cache and model folder; returns the exit status."""
-    # Pictures are tested in test_plots.py; drawing them in every run here would only cost time.
-    paths = ["--data", folder / "data.json", "--cache", folder / "cache.npz",
-             "--model-dir", folder / "models", "--device", "cpu", "--no-plots"]
-    return train.main([str(a) for a in [*paths, *args]])
+def noisy_data():
+    """tiny_data with each track's genre drawn at random: nothing to learn, so the validation loss
+    bottoms out early and early stopping fires (genres stay balanced, tracks whole)."""
+    data = tiny_data()
+    genre_of_track = np.random.default_rng(1).permutation(np.repeat(np.arange(3), 10))
+    data["labels"] = [int(genre_of_track[row // 4]) for row in range(len(data["labels"]))]
+    return data
 
 
-def weights(path):
-    """The model_state_dict of a checkpoint, loaded the safe way."""
-    return torch.load(path, weights_only=True, map_location="cpu")["model_state_dict"]
+def start(*args, cwd, **kwargs):
+    """train.py in a subprocess, its output unbuffered so that lines arrive as printed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=cwd,
+                            env=env, text=True, **kwargs)
 
 
-def assert_same_weights(a, b):
-    """Every tensor of two state dicts is equal."""
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+def terminate_after_first_save(process):
+    """Send SIGTERM once the process says it saved a best model; keep reading its output."""
+    for line in process.stdout:
+        if line.startswith("  ✓ Saved best model"):
+            process.send_signal(signal.SIGTERM)
+            break
+    process.stdout.read()
 
 
-# ---------------------------------------------------------------------------------------------
-# Model
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with two data sets. The two subprocess runs start here at once, on a cache built
+    beforehand, so that they run while the in-process tests do."""
+    folder = tmp_path_factory.mktemp("train")
+    write_json(noisy_data(), folder / "data.json")
+    write_json(tiny_data(), folder / "clean.json")
+    preprocess.load_data(folder / "clean.json", folder / "clean.npz")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line, as `| head` has later
+    common = ["--data", "clean.json", "--cache", "clean.npz", "--device", "cpu", "--no-plots"]
+    closed = start(*common, "--model-dir", "closed", "--epochs", "3", cwd=folder,
+                   stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
+    term = start(*common, "--model-dir", "term", "--epochs", "2000", "--patience", "2000",
+                 cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watcher = threading.Thread(target=terminate_after_first_save, args=(term,))
+    watcher.start()
+    yield folder, closed, (term, watcher)
+    for process in (closed, term):
+        process.kill()
+        process.communicate()
+    watcher.join()
 
 
-@pytest.mark.parametrize("shape", [(1, 130, 13), (3, 20, 9)])
-def test_model_output_shape(shape):
-    model = train.GenreClassifier(*shape, num_classes=10).eval()
-    assert model(torch.zeros(5, *shape)).shape == (5, 10)
+@pytest.fixture(scope="module")
+def run(workdir):
+    """One in-process training run with early stopping: its folder and model folder."""
+    folder = workdir[0]
+    args = ["--data", folder / "data.json", "--cache", folder / "cache.npz", "--model-dir",
+            folder / "models", *RUN_ARGS]
+    assert train.main(list(map(str, args))) == 0
+    return folder, folder / "models"
 
 
-def test_flattened_size_follows_the_design():
-    model = train.GenreClassifier(1, 130, 13, 10)
-    assert model.fc1.in_features == 48 * 32 * 3
+def paths(folder, models):
+    return ["--data", str(folder / "data.json"), "--cache", str(folder / "cache.npz"),
+            "--model-dir", str(models)]
 
 
-@pytest.mark.parametrize("height,width", [(3, 13), (130, 2)])
-def test_too_small_input_is_rejected(height, width):
-    with pytest.raises(ValueError, match="too small"):
-        train.GenreClassifier(1, height, width, 10)
+def load(path):
+    return torch.load(path, weights_only=True, map_location="cpu")
 
 
-def test_a_few_steps_reduce_the_loss():
-    torch.manual_seed(0)
-    x, y = torch.randn(16, 1, 16, 8), torch.arange(16) % 4
-    model = train.GenreClassifier(1, 16, 8, 4)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    config = train.TrainConfig(batch_size=16)
-    generator = torch.Generator().manual_seed(0)
-    first, _ = train.train_one_epoch(model, optimizer, x, y, config, generator)
-    for _ in range(20):
-        last, _ = train.train_one_epoch(model, optimizer, x, y, config, generator)
-    assert last < 0.5 * first
+def read(path):
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def test_gradients_are_clipped_to_the_configured_norm():
-    torch.manual_seed(0)
-    x, y = torch.randn(16, 1, 16, 8), torch.arange(16) % 4
-    steps = {}
-    for clip in (1e-3, 1e6):
-        torch.manual_seed(1)
-        model = train.GenreClassifier(1, 16, 8, 4)
-        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-        # Plain SGD with lr 1 moves the weights by exactly the (clipped) gradient.
-        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        config = train.TrainConfig(batch_size=16, grad_clip=clip)
-        train.train_one_epoch(model, optimizer, x, y, config, torch.Generator().manual_seed(0))
-        after = torch.cat([p.detach().flatten() for p in model.parameters()])
-        steps[clip] = torch.linalg.vector_norm(after - before).item()
-    assert steps[1e-3] == pytest.approx(1e-3, rel=1e-3)
-    assert steps[1e6] > 100 * steps[1e-3]
+def test_architecture_by_hand():
+    net = model.GenreClassifier(1, 130, 13, 10)
+    # conv 1x32x3x3+32, bn 2x32, conv 32x48x3x3+48, bn 2x48, fc (48 x 32 x 3) x 64 + 64, bn 2x64,
+    # fc 64x10+10: the pools halve 130x13 to 65x6, then 32x3.
+    expected = 320 + 64 + 13_872 + 96 + (4608 * 64 + 64) + 128 + 650
+    assert sum(p.numel() for p in net.parameters()) == expected == 310_106
+    assert net.fc1.in_features == 48 * 32 * 3
+    assert net.eval()(torch.zeros(5, 1, 130, 13)).shape == (5, 10)
 
 
-def test_evaluation_loss_is_a_per_segment_mean_whatever_the_batch_size():
-    torch.manual_seed(0)
-    model = train.GenreClassifier(1, 16, 8, 3).eval()
-    x, y = torch.randn(50, 1, 16, 8), torch.arange(50) % 3
-    expected = F.cross_entropy(model(x), y).item()
-    for batch_size in (7, 50, 1024):
-        loss, _, _ = train.evaluate(model, x, y, batch_size)
-        assert loss == pytest.approx(expected, rel=1e-5)
-
-
-def test_track_vote_majority_and_tie_break():
-    probabilities = np.array([
-        [0.6, 0.3, 0.1],  # track a: two votes for 0, one for 2 -> 0
-        [0.5, 0.1, 0.4],
-        [0.1, 0.2, 0.7],
-        [0.9, 0.05, 0.05],  # track b: one vote each for 0 and 1, tie -> higher mean: 1
-        [0.0, 0.99, 0.01],  # mean of class 0 = 0.45, class 1 = 0.52
-        [0.2, 0.3, 0.5],  # track c: single segment -> 2
-    ])
-    tracks = {"a": [0, 1, 2], "b": [3, 4], "c": [5]}
-    votes = {track: train.vote_segments(probabilities[rows])[0] for track, rows in tracks.items()}
-    assert votes == {"a": 0, "b": 1, "c": 2}
-    rows = train.rows_by_track(["a", "a", "a", "b", "b", "c"])
-    assert {track: list(r) for track, r in rows.items()} == tracks
-
-
-# ---------------------------------------------------------------------------------------------
-# Training runs
-
-
-def test_early_stopping_fires_patience_epochs_after_the_best(tmp_path, capsys):
-    data = preprocess.make_demo_data(**TINY)
-    data["labels"] = np.random.default_rng(0).integers(0, 3, len(data["labels"])).tolist()
-    del data["tracks"]  # random labels would give a track two genres
-    write_json_file(data, tmp_path / "data.json")
-    assert run_train(tmp_path, "--epochs", "40", "--patience", "3", "--lr", "0.01") == 0
-    history = read_json(tmp_path / "models" / train.HISTORY_FILE)
+def test_the_best_weights_are_restored_and_saved(run):
+    folder, models = run
+    history = read(models / plots.HISTORY_FILE)
     best_epoch = int(np.argmin(history["val_loss"])) + 1
-    assert len(history["val_loss"]) == best_epoch + 3 < 40
-    assert "Early stopping:" in capsys.readouterr().out
-    models = tmp_path / "models"
-    assert_same_weights(weights(models / train.FINAL_MODEL_FILE), weights(models / train.BEST_MODEL_FILE))
-    metrics = read_json(models / train.METRICS_FILE)
-    assert metrics["epoch"] == best_epoch and metrics["early_stopped"] is True
-
-
-def test_best_weights_are_restored_without_early_stopping(workdir, capsys):
-    assert run_train(workdir, "--epochs", "6", "--patience", "100", "--lr", "0.05") == 0
-    models = workdir / "models"
-    history = read_json(models / train.HISTORY_FILE)
-    best = torch.load(models / train.BEST_MODEL_FILE, weights_only=True, map_location="cpu")
-    assert len(history["val_loss"]) == 6
-    assert best["epoch"] < 6  # otherwise the last weights would be the best ones anyway
-    assert best["epoch"] == int(np.argmin(history["val_loss"])) + 1
-    assert best["val_loss"] == pytest.approx(min(history["val_loss"]))
-    assert_same_weights(weights(models / train.FINAL_MODEL_FILE), best["model_state_dict"])
-    assert "Early stopping:" not in capsys.readouterr().out
-
-
-def test_artifacts_load_safely_and_metrics_match_the_saved_model(workdir):
-    assert run_train(workdir, "--epochs", "3") == 0
-    models = workdir / "models"
-    for name in ARTIFACTS:
-        assert (models / name).is_file(), name
-    best = torch.load(models / train.BEST_MODEL_FILE, weights_only=True, map_location="cpu")
-    assert {"model_state_dict", "optimizer_state_dict", "epoch", "val_loss", "val_accuracy"} <= best.keys()
-    final = torch.load(models / train.FINAL_MODEL_FILE, weights_only=True, map_location="cpu")
-    cache = load_npz(workdir / "cache.npz")
-    assert final["mapping"] == cache["mapping"].tolist() == read_json(models / train.MAPPING_FILE)
-    assert (final["num_channels"], final["height"], final["width"]) == cache["X_test"].shape[1:]
-    assert (final["norm_min"], final["norm_max"]) == (cache["norm_min"], cache["norm_max"])
-
-    model = train.load_model(models / train.FINAL_MODEL_FILE, "cpu")
+    assert best_epoch < len(history["val_loss"]) < 12  # early stopping ended it after the best
+    best, final = load(models / train.BEST_MODEL_FILE), load(models / train.FINAL_MODEL_FILE)
+    assert best["epoch"] == final["epoch"] == best_epoch
+    assert read(models / plots.METRICS_FILE)["epoch"] == best_epoch
+    for key, value in best["model_state_dict"].items():
+        assert torch.equal(value, final["model_state_dict"][key]), key
+    # Independently: the saved weights give the best epoch's validation loss on the cache's data.
+    net, _ = model.load_model(models / train.FINAL_MODEL_FILE)
+    with np.load(folder / "cache.npz") as cache:
+        x, y = torch.from_numpy(cache["X_val"]), torch.from_numpy(cache["y_val"])
     with torch.no_grad():
-        predicted = model(torch.from_numpy(cache["X_test"])).argmax(dim=1).numpy()
-    truth = cache["y_test"]
-    metrics = read_json(models / train.METRICS_FILE)
-    assert metrics["accuracy"] == pytest.approx(np.mean(predicted == truth))
-    assert metrics["confusion_matrix"] == confusion_matrix(truth, predicted, labels=[0, 1, 2]).tolist()
-    precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, labels=[0, 1, 2],
-                                                               zero_division=0)
-    for label, genre in enumerate(final["mapping"]):
-        scores = metrics["per_genre"][genre]
-        assert scores["total"] == np.sum(truth == label)
-        assert scores["correct"] == np.sum((truth == label) & (predicted == label))
-        assert (scores["precision"], scores["recall"], scores["f1"]) == pytest.approx(
-            (precision[label], recall[label], f1[label]))
+        loss = F.cross_entropy(net(x), y).item()
+    assert loss == pytest.approx(min(history["val_loss"]), rel=1e-5)
 
 
-def test_console_follows_the_design(workdir, capsys):
-    assert run_train(workdir, "--epochs", "2") == 0
-    out = capsys.readouterr().out
-    expected_in_order = [
-        "PyTorch Training Pipeline for Music Genre Classification", "GPU not available, using CPU",
-        "Model configuration:", "Input shape: (C=1, H=16, W=8)", "Number of classes: 3",
-        "Starting training...", "Device: cpu, Batch size: 64, Learning rate: 0.0008 (fixed)",
-        "Weight decay (L2): 0.0002", "Max epochs: 2, Early stopping patience: 8",
-        "Epoch 1/2", "Train Loss: ", "Val Loss: ", "✓ Saved best model (val_acc: ", "Epoch 2/2",
-        "Test Results:", "Loss: ", "Accuracy: ", "Per-genre accuracy:", "Track-level accuracy",
-        train.FINAL_MODEL_FILE,
-    ]
-    position = 0
-    for text in expected_in_order:
-        found = out.find(text, position)
-        assert found >= 0, f"{text!r} missing or out of order"
-        position = found
-    assert "\r" not in out  # no progress bar in a captured (non-terminal) stream
-
-
-def test_optimizer_uses_the_flags(workdir):
-    assert run_train(workdir, "--epochs", "1", "--lr", "0.003", "--weight-decay", "0.01") == 0
-    best = torch.load(workdir / "models" / train.BEST_MODEL_FILE, weights_only=True,
-                      map_location="cpu")
-    (group,) = best["optimizer_state_dict"]["param_groups"]
-    assert (group["lr"], group["weight_decay"]) == (0.003, 0.01)
-
-
-def test_another_seed_gives_another_run(workdir):
-    histories = []
-    for seed in ("1", "2"):
-        assert run_train(workdir, "--epochs", "2", "--seed", seed, "--model-dir", workdir / seed) == 0
-        histories.append(read_json(workdir / seed / train.HISTORY_FILE))
-    assert histories[0] != histories[1]
-
-
-def test_track_level_accuracy_matches_a_vote_recomputed_from_the_saved_model(workdir):
-    assert run_train(workdir, "--epochs", "3") == 0
-    cache = load_npz(workdir / "cache.npz")
-    model = train.load_model(workdir / "models" / train.FINAL_MODEL_FILE, "cpu")
+def test_checkpoint_round_trip(run):
+    folder, models = run
+    checkpoint = load(models / train.FINAL_MODEL_FILE)
+    assert checkpoint["mapping"] == read(models / train.MAPPING_FILE) == tiny_data()["mapping"]
+    assert (checkpoint["num_channels"], checkpoint["height"], checkpoint["width"]) == (1, 16, 8)
+    assert checkpoint["train_config"]["lr"] == 0.01 and checkpoint["split"]["split_kind"] == "track"
+    net, _ = model.load_model(models / train.FINAL_MODEL_FILE)
+    with np.load(folder / "cache.npz") as cache:
+        x, y = torch.from_numpy(cache["X_test"]), cache["y_test"]
+        assert (checkpoint["norm_min"], checkpoint["norm_max"]) == (cache["norm_min"],
+                                                                    cache["norm_max"])
     with torch.no_grad():
-        probabilities = torch.softmax(model(torch.from_numpy(cache["X_test"])), dim=1).numpy()
-    correct = 0
-    tracks = cache["tracks_test"]
-    for track in set(tracks.tolist()):
-        rows = tracks == track
-        votes = np.bincount(probabilities[rows].argmax(axis=1), minlength=3)
-        mean = probabilities[rows].mean(axis=0)
-        winner = max(np.flatnonzero(votes == votes.max()), key=lambda label: mean[label])
-        correct += winner == cache["y_test"][rows][0]
-    track_level = read_json(workdir / "models" / train.METRICS_FILE)["track_level"]
-    assert (track_level["correct"], track_level["total"]) == (correct, len(set(tracks.tolist())))
-    assert_tracks_listed_with_their_votes(track_level["tracks"], cache, probabilities)
+        accuracy = float((net(x).argmax(dim=1).numpy() == y).mean())
+    metrics = read(models / plots.METRICS_FILE)
+    assert checkpoint["test_accuracy"] == pytest.approx(accuracy) == metrics["accuracy"]
+    assert load(models / train.BEST_MODEL_FILE)["test_accuracy"] == checkpoint["test_accuracy"]
 
 
-def assert_tracks_listed_with_their_votes(listed, cache, probabilities):
-    """Each test track appears once, with its true genre and the vote of its segments."""
-    mapping, tracks = cache["mapping"].tolist(), cache["tracks_test"]
-    assert sorted(t["track"] for t in listed) == sorted(set(tracks.tolist()))
-    for entry in listed:
-        rows = tracks == entry["track"]
-        predicted = probabilities[rows].argmax(axis=1)
-        label = mapping.index(entry["predicted_genre"])
-        assert entry["true_genre"] == mapping[cache["y_test"][rows][0]]
-        assert (entry["votes"], entry["segments"]) == (np.sum(predicted == label), rows.sum())
-        assert entry["votes"] == np.bincount(predicted).max()  # a majority, possibly tied
-        assert entry["vote_share"] == pytest.approx(entry["votes"] / entry["segments"])
-        assert entry["mean_probability"] == pytest.approx(probabilities[rows, label].mean())
+def test_onnx_gives_the_torch_probabilities(run):
+    _, models = run
+    net, checkpoint = model.load_model(models / train.FINAL_MODEL_FILE)
+    raw = np.array(noisy_data()["mfcc"], dtype=np.float32)[:, None]
+    with torch.no_grad():
+        expected = model.Deployed(net, checkpoint["norm_min"], checkpoint["norm_max"]).eval()(
+            torch.from_numpy(raw)).numpy()
+    session = onnxruntime.InferenceSession(str(models / train.ONNX_FILE))
+    (got,) = session.run(None, {session.get_inputs()[0].name: raw})
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
 
 
-def plain_values(value):
-    """True when a checkpoint value is made only of the types weights_only is meant for."""
-    if isinstance(value, dict):
-        return all(isinstance(k, (str, int)) and plain_values(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return all(plain_values(v) for v in value)
-    return value is None or isinstance(value, (str, int, float, bool, torch.Tensor))
+def test_export_only_writes_what_training_wrote(run, tmp_path, capsys):
+    _, models = run
+    shutil.copy(models / train.FINAL_MODEL_FILE, tmp_path / train.FINAL_MODEL_FILE)
+    assert train.main(["--export-only", "--model-dir", str(tmp_path)]) == 0
+    trained, exported = (onnx.load(str(folder / train.ONNX_FILE)) for folder in (models, tmp_path))
+    assert trained.graph == exported.graph
+    assert trained.metadata_props == exported.metadata_props
+    assert str(tmp_path / train.ONNX_FILE) in capsys.readouterr().out
 
 
-def test_checkpoints_say_how_they_were_made(workdir):
-    args = ["--epochs", "2", "--seed", "3", "--lr", "0.002", "--split-seed", "5",
-            "--val-split", "0.25"]
-    assert run_train(workdir, *args) == 0
-    models = workdir / "models"
-    metrics = read_json(models / train.METRICS_FILE)
-    expected_config = {"epochs": 2, "batch_size": train.BATCH_SIZE, "lr": 0.002,
-                       "weight_decay": train.WEIGHT_DECAY, "grad_clip": train.GRADIENT_CLIP,
-                       "patience": train.EARLY_STOPPING_PATIENCE, "seed": 3,
-                       "bn_stats": train.BN_STATS}
-    digest = hashlib.sha256((workdir / "data.json").read_bytes()).hexdigest()
-    best, final = (torch.load(models / name, weights_only=True, map_location="cpu")
-                   for name in (train.BEST_MODEL_FILE, train.FINAL_MODEL_FILE))
-    for checkpoint in (best, final):
-        assert plain_values(checkpoint)
-        assert checkpoint["train_config"] == expected_config
-        assert checkpoint["split"] == {"val_split": 0.25, "test_split": preprocess.TEST_SPLIT,
-                                       "seed": 5, "split_by": "auto", "split_kind": "track"}
-        assert checkpoint["source_sha256"] == digest
-        assert checkpoint["versions"]["torch"] == torch.__version__
-        assert checkpoint["versions"]["numpy"] == np.__version__
-        assert checkpoint["test_accuracy"] == metrics["accuracy"]
-        assert checkpoint["test_loss"] == metrics["loss"]
-        assert checkpoint["track_test_accuracy"] == metrics["track_level"]["accuracy"]
-    assert "optimizer_state_dict" in best and best["epoch"] == metrics["epoch"]
-    assert_same_weights(best["model_state_dict"], final["model_state_dict"])
+def word_document(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("word/document.xml", "<w:document/>")
 
 
-def test_two_cpu_runs_are_identical(workdir):
-    outputs = []
-    for run in ("a", "b"):
-        assert run_train(workdir, "--epochs", "3", "--model-dir", workdir / run) == 0
-        outputs.append([(workdir / run / name).read_bytes()
-                        for name in (train.HISTORY_FILE, train.METRICS_FILE)])
-    assert outputs[0] == outputs[1]
+FOREIGN = {  # a file of the user's under each kind of name train.py writes
+    "docx": (train.BEST_MODEL_FILE, word_document),
+    "checkpoint": (train.FINAL_MODEL_FILE, lambda path: torch.save({"w": torch.zeros(3)}, path)),
+    "png": (plots.CURVES_FILE, lambda path: path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))),
+    "json": (plots.METRICS_FILE, lambda path: path.write_text('{"accuracy": 0.9}')),
+}
 
 
-def test_interrupt_restores_and_saves_the_best_weights(workdir, monkeypatch, capsys):
-    real_epoch = train.train_one_epoch
-    calls = []
-
-    def interrupted_on_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_one_epoch", interrupted_on_third)
-    assert run_train(workdir, "--epochs", "10") == 130
-    models = workdir / "models"
-    metrics = read_json(models / train.METRICS_FILE)
-    assert metrics["interrupted"] is True and metrics["early_stopped"] is False
-    assert len(read_json(models / train.HISTORY_FILE)["loss"]) == 2
-    assert_same_weights(weights(models / train.FINAL_MODEL_FILE), weights(models / train.BEST_MODEL_FILE))
-    assert "interrupted" in capsys.readouterr().out
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_a_foreign_file_is_never_replaced(run, tmp_path, capsys, kind):
+    folder, _ = run
+    name, make = FOREIGN[kind]
+    make(tmp_path / name)
+    before = (tmp_path / name).read_bytes()
+    assert train.main(paths(folder, tmp_path) + RUN_ARGS) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:") and name in err
+    assert (tmp_path / name).read_bytes() == before
+    assert os.listdir(tmp_path) == [name]
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
+def test_a_full_disk_is_one_line_and_keeps_the_old_files(run, tmp_path, capsys, monkeypatch):
+    folder, models = run
+    shutil.copytree(models, tmp_path / "models")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "models").iterdir()}
+    old = load(models / train.FINAL_MODEL_FILE)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)  # every atomic write syncs before it replaces
+    assert train.main(paths(folder, tmp_path / "models") + RUN_ARGS) == 2
+    out, err = capsys.readouterr()
+    # Retraining first said what it would replace.
+    assert f"(test accuracy {old['test_accuracy']:.2%}, trained {old['trained_at']})" in out
+    assert err.count("\n") == 1 and "disk is full" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "models").iterdir()} == before
 
 
-@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"),
-                                        ("--batch-size", "0"), ("--patience", "0"),
-                                        ("--grad-clip", "0"), ("--weight-decay", "-1"),
-                                        ("--device", "gpu"), ("--batch-size", "1"),
-                                        ("--lr", "nan"), ("--lr", "inf"), ("--grad-clip", "nan"),
-                                        ("--weight-decay", "nan"), ("--seed", "-1"),
-                                        ("--cache", "data.json")])
-def test_impossible_values_are_argparse_errors(flag, value, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        train.parse_args([flag, value])
-    assert exit_info.value.code == 2
-    assert flag in capsys.readouterr().err
+def test_a_nan_loss_stops_the_run_and_saves_nothing(run, tmp_path, capsys):
+    folder, _ = run
+    args = paths(folder, tmp_path / "nan") + RUN_ARGS + ["--lr", "1e30"]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lr" in err and "nan" in err
+    assert not (tmp_path / "nan").exists()  # created by the run, left empty, removed
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_a_gpu_is_a_clear_error(workdir, capsys):
-    assert run_train(workdir, "--device", "cuda") == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "CUDA is not available" in err[0]
+def test_an_interrupt_before_the_first_epoch_saves_nothing(run, tmp_path, capsys, monkeypatch):
+    folder, _ = run
 
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
 
-def test_bad_data_exits_2_and_writes_no_model(tmp_path, capsys):
-    data = preprocess.make_demo_data(**TINY)
-    data["labels"][5] = 7
-    write_json_file(data, tmp_path / "data.json")
-    assert run_train(tmp_path) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "labels[5]" in err[0]
-    assert not (tmp_path / "models").exists() and not (tmp_path / "cache.npz").exists()
-
-
-def test_unwritable_model_folder_exits_2_before_training(workdir, capsys):
-    (workdir / "models").write_text("a file, not a folder")
-    assert run_train(workdir) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and "--model-dir" in err[0] and "Epoch 1" not in captured.out
-
-
-def test_too_small_segments_exit_2_before_training(tmp_path, capsys):
-    write_json_file(preprocess.make_demo_data(**{**TINY, "frames": 3}), tmp_path / "data.json")
-    assert run_train(tmp_path) == 2
-    captured = capsys.readouterr()
-    assert "too small" in captured.err and "Epoch 1" not in captured.out
+    monkeypatch.setattr(preprocess, "load_data", interrupted)
+    assert train.main(paths(folder, tmp_path / "models") + RUN_ARGS) == 130
+    assert "nothing was saved" in capsys.readouterr().err
     assert not (tmp_path / "models").exists()
 
 
-def test_end_to_end_preprocesses_then_reuses_the_cache(workdir, monkeypatch, capsys):
-    command = [sys.executable, str(ROOT / "train.py"), "--epochs", "1", "--device", "cpu",
-               "--no-plots"]
-    first = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
-    assert "Preprocessing" in first.stdout and "data.json" in first.stdout
-    assert (workdir / preprocess.PREPROCESSED_DATA_PATH).is_file()
-    for name in ARTIFACTS:
-        assert (workdir / train.MODEL_SAVE_PATH / name).is_file(), name
-    # The second run only has to show that the cache is reused; in-process is enough for that.
-    monkeypatch.chdir(workdir)
-    assert train.main(command[2:]) == 0, capsys.readouterr().err
-    second = capsys.readouterr().out
-    assert "Loaded preprocessed data" in second and "Preprocessing" not in second
+# ---------------------------------------------------------------------------------------------
+# Cross-validation
 
 
-@pytest.mark.parametrize("n, batch_size, sizes", [
-    (9, 4, [4, 5]),  # 9 % 4 == 1: the lone ninth row joins the second batch
-    (10, 4, [4, 4, 2]),
-    (8, 4, [4, 4]),
-    (3, 2, [3]),
-    (65, 64, [65]),
-    (129, 64, [64, 65]),
-])
-def test_batches_cover_every_row_and_never_hold_one_alone(n, batch_size, sizes):
-    bounds = train.batch_bounds(n, batch_size)
-    assert [stop - start for start, stop in bounds] == sizes
-    assert [start for start, _ in bounds] == list(np.cumsum([0] + sizes[:-1]))
+@pytest.fixture(scope="module")
+def cv_run(workdir, tmp_path_factory):
+    """--folds 3 on the clean tiny data, twice; the rows each fold trained, validated and
+    tested on, as preprocess.prepare received them."""
+    folder, runs, seen = workdir[0], [], []
+    real_prepare = preprocess.prepare
+
+    def spy(dataset, kind, rows, settings):
+        seen.append([dataset.tracks[part] for part in rows])
+        return real_prepare(dataset, kind, rows, settings)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(preprocess, "prepare", spy)
+        for name in ("cv1", "cv2"):
+            args = ["--data", str(folder / "clean.json"), "--model-dir", str(folder / name),
+                    "--folds", "3", "--epochs", "2", "--device", "cpu", "--no-plots"]
+            assert train.main(args) == 0
+            runs.append(folder / name / plots.CV_METRICS_FILE)
+    return runs, seen[:3]
 
 
-def test_every_training_segment_is_used_every_epoch_when_one_is_left_over():
-    torch.manual_seed(0)
-    x, y = torch.randn(9, 1, 16, 8), torch.arange(9) % 3  # 9 % 4 == 1
-    model = train.GenreClassifier(1, 16, 8, 3)
-    seen = []
-    model.conv1.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    config = train.TrainConfig(batch_size=4)
-    train.train_one_epoch(model, optimizer, x, y, config, torch.Generator().manual_seed(0))
-    assert [len(batch) for batch in seen] == [4, 5]
-    rows = torch.cat(seen).flatten(1)
-    assert sorted(rows[:, 0].tolist()) == sorted(x.flatten(1)[:, 0].tolist())  # each row once
+def test_folds_partition_the_tracks_as_stratified_group_k_fold_does(cv_run):
+    (first, _), seen = cv_run
+    data = tiny_data()
+    tracks, y = np.array(data["tracks"]), np.array(data["labels"])
+    splitter = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=42)
+    expected = [sorted(set(tracks[test])) for _, test in splitter.split(y, y, tracks)]
+    summary = read(first)
+    assert [run["test_tracks"] for run in summary["runs"]] == expected
+    assert sorted(sum(expected, [])) == sorted(set(tracks))  # every track tested exactly once
+    for (train_part, val_part, test_part), test_tracks in zip(seen, expected):
+        assert set(test_part) == set(test_tracks)
+        assert not set(train_part) & set(test_part) and not set(val_part) & set(test_part)
+        assert not set(train_part) & set(val_part)
+        assert len(set(train_part) | set(val_part) | set(test_part)) == 30
+
+
+def test_the_cv_summary_is_the_folds_mean_and_sample_std(cv_run):
+    (first, _), _ = cv_run
+    summary = read(first)
+    assert (summary["folds"], summary["split_by"], summary["incomplete"]) == (3, "track", False)
+    for key in ("accuracy", "track_accuracy"):
+        figures = [run[key] for run in summary["runs"]]
+        assert summary[key]["mean"] == pytest.approx(np.mean(figures))
+        assert summary[key]["std"] == pytest.approx(np.std(figures, ddof=1))
+    assert np.sum(summary["confusion_matrix"]) == 120  # every segment counted once
+    assert np.sum(summary["track_level"]["confusion_matrix"]) == 30  # every track once
+    assert sum(run["test_segments"] for run in summary["runs"]) == 120
+    assert [g["total"] for g in summary["per_genre"].values()] == [40, 40, 40]
+
+
+def test_two_cv_runs_write_identical_metrics(cv_run):
+    (first, second), _ = cv_run
+    assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.parametrize("extra", [["--folds", "11"], ["--folds", "3", "--test-split", "0.2"],
+                                   ["--folds", "3", "--plots-only"]])
+def test_impossible_cross_validations_are_refused_in_one_line(workdir, capsys, extra):
+    folder = workdir[0]
+    args = ["--data", str(folder / "clean.json"), "--model-dir", str(folder / "refused"), *extra]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "--folds" in err
+    assert not (folder / "refused").exists()
+
+
+def test_cross_validation_without_tracks_folds_segments(workdir, capsys):
+    folder, data = workdir[0], tiny_data()
+    del data["tracks"]
+    write_json(data, folder / "untracked.json")
+    args = ["--data", str(folder / "untracked.json"), "--model-dir", str(folder / "untracked"),
+            "--folds", "2", "--epochs", "1", "--device", "cpu", "--no-plots"]
+    assert train.main(args) == 0
+    assert "optimistic" in capsys.readouterr().out
+    summary = read(folder / "untracked" / plots.CV_METRICS_FILE)
+    assert (summary["split_by"], summary["track_accuracy"], summary["track_level"]) == (
+        "segment", None, None)
+    y = np.array(data["labels"])
+    folds = StratifiedKFold(n_splits=2, shuffle=True, random_state=42).split(y, y)
+    assert [run["test_segments"] for run in summary["runs"]] == [len(test) for _, test in folds]
+    assert np.sum(summary["confusion_matrix"]) == 120
+
+
+def test_plots_only_draws_the_run_and_the_pooled_cv_pictures(run, cv_run, tmp_path, capsys):
+    (cv_metrics, _), _ = cv_run
+    for source in (run[1] / plots.HISTORY_FILE, run[1] / plots.METRICS_FILE, cv_metrics):
+        shutil.copy(source, tmp_path)
+    assert train.main(["--plots-only", "--model-dir", str(tmp_path)]) == 0
+    sizes = {plots.CURVES_FILE: (1440, 600), plots.CONFUSION_FILE: (1584, 756),
+             plots.CV_CONFUSION_FILE: (1584, 756)}  # inches x DPI; two panels: segment, track
+    for name, size in sizes.items():
+        head = (tmp_path / name).read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n" and plots.is_picture(tmp_path / name)
+        assert (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) == size
+    assert capsys.readouterr().out.count(str(tmp_path)) == 3
+
+
+# Checked last: the two subprocess runs have been running beside all the tests above.
+
+
+def test_sigterm_during_training_tests_and_saves_the_best_model(workdir):
+    folder, _, (term, watcher) = workdir
+    watcher.join(timeout=60)
+    assert term.wait(timeout=60) == 143
+    err = term.stderr.read()
+    assert err.strip().count("\n") == 0 and err.startswith("Terminated in epoch")
+    models = folder / "term"
+    assert isinstance(load(models / train.FINAL_MODEL_FILE)["test_accuracy"], float)
+    assert read(models / plots.METRICS_FILE)["interrupted"] is True
+    assert (models / train.ONNX_FILE).exists()
+    assert not [name for name in os.listdir(models) if name.endswith(TEMP_SUFFIX)]
+
+
+def test_a_closed_stdout_does_not_stop_training(workdir):
+    folder, closed, _ = workdir
+    _, err = closed.communicate(timeout=60)
+    assert (closed.returncode, err) == (0, "")
+    for name in (train.FINAL_MODEL_FILE, train.ONNX_FILE, plots.METRICS_FILE):
+        assert (folder / "closed" / name).stat().st_size > 0
