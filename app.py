@@ -139,6 +139,7 @@ def ensure_demo_model():
 
 
 def parse_args(argv=None):
+    """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
     source = parser.add_mutually_exclusive_group()
@@ -150,6 +151,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Serve the page until Ctrl-C; exit status 2 when the model or the port is unusable."""
     args = parse_args(argv)
     temp_dir = tempfile.mkdtemp(prefix="genre-app-")
     try:

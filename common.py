@@ -244,10 +244,12 @@ def run_main(main):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except the meaningless "(default: False)" of on/off flags."""
+    """Shows each option's default, except where it means nothing: on/off flags, and None."""
 
     def _get_help_string(self, action):
-        return action.help if action.nargs == 0 else super()._get_help_string(action)
+        if action.nargs == 0 or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def at_least(kind, minimum, strict=False):

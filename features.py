@@ -259,7 +259,12 @@ def warm_up(features):
     """Analyse one silent segment: loads librosa's lazy parts once, before workers start, and
     says in one line, in librosa's words, when it refuses the recipe."""
     try:
+        import soundfile  # noqa: F401 - needed by load_audio; missing, it is said here, once
+
         mfccs = segment_mfccs(np.zeros(features["segment_samples"], dtype=np.float32), features)
+    except ImportError as exc:
+        raise DataError(f"the audio libraries are not installed ({exc.name} is missing): "
+                        f"pip install -r requirements-audio.txt") from None
     except Exception as exc:  # noqa: BLE001 - librosa's errors have no common base class
         raise DataError(f"librosa cannot compute these MFCC settings ({type(exc).__name__}: "
                         f"{first_line(exc)}): change them") from None

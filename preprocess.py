@@ -35,6 +35,8 @@ RANDOM_STATE = 42  # random_state of both train_test_split calls: same input, sa
 SPLIT_BY = "auto"  # "track" when data.json has "tracks", else "segment"
 SPLIT_CHOICES = ("auto", "segment", "track", "filtered")  # filtered: the shipped GTZAN lists
 DEMO_DIR = "demo"  # --demo keeps its generated data.json, cache and models here
+DEMO_JSON_PATH = os.path.join(DEMO_DIR, JSON_PATH)  # --demo's generated data.json
+DEMO_CACHE_PATH = os.path.join(DEMO_DIR, PREPROCESSED_DATA_PATH)  # and its cache
 CACHE_FORMAT_VERSION = 2  # bump when the cache layout changes, so that old caches are rebuilt
 MIN_PER_GENRE = 3  # fewest tracks (or segments) per genre that a 3-way stratified split needs
 SPLIT_NAMES = ("train", "val", "test")  # the splits, as the cache's keys name them
@@ -107,14 +109,18 @@ def decode_document(raw, path):
         return msgspec.json.decode(memoryview(raw)[start:], type=_Document)
     except (msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:
         raise DataError(f"{path}: {exc}: fix that value or re-extract with extract.py") from None
-    except msgspec.DecodeError as exc:
+    except msgspec.DecodeError as exc:  # msgspec names a byte; a reader looks for line and column
         byte = re.search(r"\(byte (\d+)\)", str(exc))
-        pos = start + int(byte.group(1)) if byte else len(raw)
-        line, column = raw.count(b"\n", 0, pos) + 1, pos - max(start, raw.rfind(b"\n", 0, pos) + 1)
-        hint = ("where the file ends: write it again" if not byte else "NaN and Infinity are not "
-                "JSON numbers: drop that segment" if re.match(rb"-?(NaN|Inf)", raw[pos:pos + 4])
-                else "fix it or write it again")
-        raise DataError(f"{path}: {exc} at line {line}, column {column + 1}: {hint}") from None
+        pos = start + int(byte.group(1)) if byte else len(raw)  # no byte: the file is cut short
+        line = raw.count(b"\n", 0, pos) + 1
+        column = pos - max(start, raw.rfind(b"\n", 0, pos) + 1) + 1
+        if not byte:
+            hint = "where the file ends: write it again"
+        elif re.match(rb"-?(NaN|Inf)", raw[pos:pos + 4]):
+            hint = "NaN and Infinity are not JSON numbers: drop that segment"
+        else:
+            hint = "fix it or write it again"
+        raise DataError(f"{path}: {exc} at line {line}, column {column}: {hint}") from None
 
 
 def check_labels(doc, path):
@@ -155,8 +161,10 @@ def segment_array(segments, path):
         except (msgspec.ValidationError, ValueError) as exc:  # ValueError: ragged rows
             raise DataError(f"{path}: mfcc[{index}]: {recipes.first_line(exc)}: a segment is a "
                             f"list of frames of equal length") from None
+        if not segment.size:
+            raise DataError(f"{path}: mfcc[{index}] is empty: keep full segments only")
         x = np.empty((len(segments),) + segment.shape, np.float32) if x is None else x
-        if segment.shape != x.shape[1:] or not segment.size:
+        if segment.shape != x.shape[1:]:
             raise DataError(f"{path}: mfcc[{index}] has shape {segment.shape}, mfcc[0] "
                             f"{x.shape[1:]}: segments must share one shape; keep full ones only")
         x[index] = segment
@@ -170,10 +178,10 @@ def segment_array(segments, path):
 
 def recipe_of(features, shape):
     """(recipe, assumed): the stored one, else the tutorial's if the shape is its, else None."""
+    if features:
+        return features, False
     tutorial = recipes.TUTORIAL_FEATURES
-    if features or tuple(shape) != recipes.segment_shape(tutorial):
-        return features or None, not features
-    return dict(tutorial), True
+    return (dict(tutorial) if tuple(shape) == recipes.segment_shape(tutorial) else None), True
 
 
 def load_dataset(path):
@@ -263,8 +271,8 @@ def split_rows(dataset, kind, settings):
     """(train, val, test) row indices: the fault-filtered lists, or two stratified splits."""
     if kind == "filtered":
         return filtered_rows(dataset)
-    everything = np.arange(len(dataset.y))
-    rest, test = stratified(dataset, kind, everything, settings.test_split, settings.seed)
+    rest, test = stratified(dataset, kind, np.arange(len(dataset.y)), settings.test_split,
+                            settings.seed)
     return (*split_train_val(dataset, kind, rest, settings.val_split, settings.seed), test)
 
 
@@ -311,40 +319,47 @@ def write_cache(dataset, p, rows, path):
         np.savez_compressed(handle, **arrays)
 
 
+def is_sound(a):
+    """Whether a cache's arrays fit together: a hand-made cache may hold anything."""
+    if not (a["format_version"] == CACHE_FORMAT_VERSION and a["mapping"].dtype.kind == "U"
+            and str(a["split_kind"]) in SPLIT_CHOICES[1:]
+            and np.isfinite([a["norm_min"], a["norm_max"]]).all()):
+        return False
+    for name in SPLIT_NAMES:  # every split there, of one shape, finite, labelled in range
+        x, y, tracks = a[f"X_{name}"], a[f"y_{name}"], a[f"tracks_{name}"]
+        if not (x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == a["X_train"].shape[1:]
+                and len(x) > 0 and np.isfinite(x).all() and y.dtype == np.int64
+                and y.shape == (len(x),) and 0 <= y.min() and y.max() < len(a["mapping"])
+                and len(tracks) in (0, len(x))):
+            return False
+    return True
+
+
 def read_cache(path):
     """(PreparedData, None) of a sound cache, or (None, why it cannot be used)."""
     if not os.path.exists(path):
         return None, "no cache yet"
-    try:  # a hand-made cache may hold anything: each split must be there and fit the others
+    try:
         with np.load(path, allow_pickle=False) as npz:
             a = {key: npz[key] for key in npz.files}
-        x, y, t = ([a[f"{kind}_{name}"] for name in SPLIT_NAMES] for kind in ("X", "y", "tracks"))
-        sound = (a["format_version"] == CACHE_FORMAT_VERSION and a["mapping"].dtype.kind == "U"
-                 and str(a["split_kind"]) in SPLIT_CHOICES[1:]
-                 and np.isfinite([a["norm_min"], a["norm_max"]]).all())
-        for xi, yi, ti in zip(x, y, t):  # every split there, of one shape, labelled in range
-            sound = sound and (xi.dtype == np.float32 and xi.shape[1:] == x[0].shape[1:] and
-                               xi.ndim == 4 and len(xi) > 0 and np.isfinite(xi).all() and
-                               yi.dtype == np.int64 and yi.shape == (len(xi),) and 0 <= yi.min()
-                               and yi.max() < len(a["mapping"]) and len(ti) in (0, len(xi)))
-        if not sound:
-            raise ValueError("inconsistent")
-        stored = str(a["features"])
-        return PreparedData(
-            x[0], y[0], x[1], y[1], x[2], y[2], t[2].tolist(), a["mapping"].tolist(),
-            float(a["norm_min"]), float(a["norm_max"]), str(a["split_kind"]),
-            SplitSettings(*(a[f.name].item() for f in dataclasses.fields(SplitSettings))),
-            str(a["source_sha256"]),
-            *recipe_of(json.loads(stored) if stored else None, x[0].shape[1:])), None
-    except Exception:  # noqa: BLE001 - zipfile, zlib, numpy and the checks each raise their own
-        return None, "cache damaged or of another format"
+        if is_sound(a):
+            stored = str(a["features"])
+            return PreparedData(
+                a["X_train"], a["y_train"], a["X_val"], a["y_val"], a["X_test"], a["y_test"],
+                a["tracks_test"].tolist(), a["mapping"].tolist(), float(a["norm_min"]),
+                float(a["norm_max"]), str(a["split_kind"]),
+                SplitSettings(*(a[f.name].item() for f in dataclasses.fields(SplitSettings))),
+                str(a["source_sha256"]),
+                *recipe_of(json.loads(stored) if stored else None, a["X_train"].shape[1:])), None
+    except Exception:  # noqa: BLE001 - zipfile, zlib and numpy each raise their own
+        pass
+    return None, "cache damaged or of another format"
 
 
 def changes(stored, wanted):
     """{field: "field old -> new"} for each split setting that differs."""
-    return {f.name: f"{f.name} {getattr(stored, f.name)} -> {getattr(wanted, f.name)}"
-            for f in dataclasses.fields(SplitSettings)
-            if getattr(stored, f.name) != getattr(wanted, f.name)}
+    old, new = dataclasses.asdict(stored), dataclasses.asdict(wanted)
+    return {key: f"{key} {old[key]} -> {new[key]}" for key in old if old[key] != new[key]}
 
 
 def stale_reason(cached, json_path, settings):
@@ -357,8 +372,9 @@ def stale_reason(cached, json_path, settings):
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError:  # unreadable: load_dataset says so in one line
         digest = None
-    fresh = digest == cached.source_sha256
-    return None if fresh else f"{json_path} changed since the cache was built"
+    if digest != cached.source_sha256:
+        return f"{json_path} changed since the cache was built"
+    return None
 
 
 def load_data(json_path=JSON_PATH, cache_path=PREPROCESSED_DATA_PATH, settings=SplitSettings(),
@@ -417,11 +433,6 @@ def make_demo_data(genres=10, tracks_per_genre=10, segments_per_track=10, frames
     return data
 
 
-def demo_paths():
-    """Where --demo keeps its data.json and cache."""
-    return str(Path(DEMO_DIR) / JSON_PATH), str(Path(DEMO_DIR) / PREPROCESSED_DATA_PATH)
-
-
 def ensure_demo_data(path):
     """Write the demo data set to path unless something is already there."""
     if not os.path.lexists(path):
@@ -430,20 +441,16 @@ def ensure_demo_data(path):
             handle.write(msgspec.json.encode(make_demo_data()))
 
 
-def add_split_arguments(parser, defaults=True):
-    """The split flags, shared with train.py. With defaults=False a flag not given stays unset:
-    that tells the flags given explicitly from those left at their defaults."""
-    def default(value):
-        return value if defaults else argparse.SUPPRESS
-
+def add_split_arguments(parser):
+    """The split flags, shared with train.py."""
     fraction = at_least(float, 0.0, strict=True)
-    parser.add_argument("--val-split", type=fraction, default=default(VALIDATION_SPLIT),
+    parser.add_argument("--val-split", type=fraction, default=VALIDATION_SPLIT,
                         help="fraction of all data used for validation")
-    parser.add_argument("--test-split", type=fraction, default=default(TEST_SPLIT),
+    parser.add_argument("--test-split", type=fraction, default=TEST_SPLIT,
                         help="fraction of all data held out for the final test")
-    parser.add_argument("--split-seed", type=at_least(int, 0), default=default(RANDOM_STATE),
+    parser.add_argument("--split-seed", type=at_least(int, 0), default=RANDOM_STATE,
                         help="random_state of the split")
-    parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=default(SPLIT_BY),
+    parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=SPLIT_BY,
                         help="auto: by track when data.json has 'tracks', so that a track stays "
                              "in one split; filtered: GTZAN's fault-filtered split (Kereliuk, "
                              "Sturm & Larsen 2015), for the whole GTZAN set")
@@ -470,8 +477,10 @@ def parse_args(argv=None):
     parser.add_argument("--demo", action="store_true",
                         help=f"use generated demo data in {DEMO_DIR}/ instead of --data/--cache")
     args = parser.parse_args(argv)
-    if args.demo and (args.data, args.cache) != (JSON_PATH, PREPROCESSED_DATA_PATH):
-        parser.error("--demo uses its own files in demo/: drop --data and --cache")
+    if args.demo:
+        if (args.data, args.cache) != (JSON_PATH, PREPROCESSED_DATA_PATH):
+            parser.error("--demo uses its own files in demo/: drop --data and --cache")
+        args.data, args.cache = DEMO_JSON_PATH, DEMO_CACHE_PATH
     return args
 
 
@@ -495,17 +504,16 @@ def print_summary(p, cache_path, seconds):
 def main(argv=None) -> int:
     """Rebuild the cache from data.json and print a summary; exit status 2 on bad input."""
     args = parse_args(argv)
-    json_path, cache_path = demo_paths() if args.demo else (args.data, args.cache)
     start = time.perf_counter()
     try:
         settings = split_settings(args)
         if args.demo:
-            ensure_demo_data(json_path)
-        prepared = load_data(json_path, cache_path, settings, reprocess=True)
+            ensure_demo_data(args.data)
+        prepared = load_data(args.data, args.cache, settings, reprocess=True)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print_summary(prepared, cache_path, time.perf_counter() - start)
+    print_summary(prepared, args.cache, time.perf_counter() - start)
     return 0
 
 

@@ -14,6 +14,7 @@ import datetime
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import sys
 import time
@@ -61,6 +62,10 @@ CV_CONFLICTS = ("test_split", "split_by", "cache", "reprocess")  # what --folds 
 RULE = "-" * 60
 
 
+class NotFinite(DataError):
+    """A loss or accuracy that is not a finite number: training cannot go on."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimization settings, mirrored one to one by the command-line flags."""
@@ -77,13 +82,15 @@ class TrainConfig:
 def is_ours(path):
     """Whether a file of the model folder was written by train.py, judged by its content."""
     path = Path(path)
-    if path.suffix != ".json":  # without onnx nothing is exported, so no .onnx is replaced
-        return (path.suffix == ".onnx" and not importlib.util.find_spec("onnx")) or {
-            ".pt": model.is_checkpoint, ".onnx": model.is_onnx_model, ".png": plots.is_picture}[
-            path.suffix](path)
-    obj, keys = json.loads(path.read_text(encoding="utf-8")), JSON_KEYS[path.name]
-    return (isinstance(obj, dict) and set(keys) <= obj.keys() if keys else  # or the genre list
-            isinstance(obj, list) and all(isinstance(genre, str) for genre in obj))
+    if path.suffix == ".json":
+        obj, keys = json.loads(path.read_text(encoding="utf-8")), JSON_KEYS[path.name]
+        if keys is None:  # the genre list
+            return isinstance(obj, list) and all(isinstance(genre, str) for genre in obj)
+        return isinstance(obj, dict) and set(keys) <= obj.keys()
+    if path.suffix == ".onnx" and not importlib.util.find_spec("onnx"):
+        return True  # without onnx nothing is exported, so the file is not replaced
+    recognise = {".pt": model.is_checkpoint, ".onnx": model.is_onnx_model, ".png": plots.is_picture}
+    return recognise[path.suffix](path)
 
 
 def setup(data, config, device):
@@ -103,11 +110,11 @@ def train_one_epoch(net, optimizer, x, y, config, generator):
     order = torch.randperm(len(y), generator=generator).to(y.device)
     loss_sum = torch.zeros((), device=y.device)
     correct = torch.zeros((), dtype=torch.long, device=y.device)
-    starts = list(range(0, len(y), config.batch_size))
-    if len(starts) > 1 and len(y) - starts[-1] == 1:
-        starts.pop()  # a lone last row joins the batch before: batch norm cannot train on one
-    for start, stop in zip(starts, starts[1:] + [len(y)]):
-        rows = order[start:stop]
+    batches = order.split(config.batch_size)
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        # A lone last row joins the batch before: batch norm cannot train on one row.
+        batches = batches[:-2] + (torch.cat(batches[-2:]),)
+    for rows in batches:
         logits = net(x[rows])
         loss = F.cross_entropy(logits, y[rows])
         optimizer.zero_grad(set_to_none=True)
@@ -142,15 +149,16 @@ def run_epoch(net, optimizer, splits, config, generator, epoch):
             update_bn(x.tensor_split(max(1, len(x) // config.batch_size)), net)
     figures += evaluate(net, *splits["val"])[:2]
     if not np.isfinite(figures).all():
-        raise DataError(f"the loss became {figures[0]} in epoch {epoch}, so training stopped and "
-                        f"saved nothing of it: --lr {config.lr:g} is likely too high, or the "
-                        f"features too large (check the MFCCs of --data)")
+        raise NotFinite(f"the loss became {figures[0]} in epoch {epoch}, so training stopped there: "
+                        f"--lr {config.lr:g} is likely too high, or the features too large (check "
+                        f"the MFCCs of --data)")
     return figures
 
 
 def fit(net, splits, config, on_best=None, log=print):
-    """Train with early stopping on the validation loss; return (history, best, interrupt): a
-    Ctrl-C or SIGTERM after the first epoch ends training. on_best saves the best weights."""
+    """Train with early stopping on the validation loss; return (history, best, stop): Ctrl-C,
+    SIGTERM or a loss that is not finite after the first epoch ends training, keeping the best
+    weights. on_best saves them."""
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     history, best = {key: [] for key in HISTORY_KEYS}, None
@@ -177,7 +185,7 @@ def fit(net, splits, config, on_best=None, log=print):
                 log(f"Early stopping: no better validation loss for {config.patience} epochs "
                     f"(best epoch {best['epoch']}, val_loss {best['val_loss']:.4f})")
                 break
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, NotFinite) as exc:
         if best is None:
             raise
         return history, best, exc
@@ -203,13 +211,13 @@ def test(net, splits, data):
     y_true = splits["test"][1].cpu().numpy()
     metrics = {"loss": loss, **scores(y_true, probabilities.argmax(axis=1), data.mapping),
                "split_kind": data.split_kind}
-    rows = {}
+    rows = {}  # track id -> its segments' rows
     for row, track in enumerate(data.tracks_test):
         rows.setdefault(track, []).append(row)
     if rows:
         voted = [vote(probabilities[members])[0] for members in rows.values()]
-        metrics["track_level"] = {**scores([y_true[members[0]] for members in rows.values()],
-                                           voted, data.mapping), "votes": {
+        truth = [y_true[members[0]] for members in rows.values()]
+        metrics["track_level"] = {**scores(truth, voted, data.mapping), "votes": {
             track: data.mapping[label] for track, label in zip(rows, voted)}}
     return metrics
 
@@ -247,7 +255,8 @@ def card(data, config):
     """What the run's checkpoints hold besides the weights (see model.py)."""
     librosa = None if data.features_assumed else next(  # extract.py used it, if installed here
         (dist.version for dist in importlib.metadata.distributions(name="librosa")), None)
-    return {**dict(zip(("num_channels", "height", "width"), map(int, data.x_train.shape[1:]))),
+    channels, height, width = map(int, data.x_train.shape[1:])
+    return {"num_channels": channels, "height": height, "width": width,
             "num_classes": len(data.mapping), "mapping": list(data.mapping),
             "norm_min": float(data.norm_min), "norm_max": float(data.norm_max),
             "features": data.features, "features_assumed": data.features_assumed,
@@ -261,8 +270,9 @@ def describe_replaced(path):
     """Say which model this run replaces: its test accuracy and when it was trained."""
     with contextlib.suppress(DataError):  # none there (or an empty file): nothing to say
         old = model.read_checkpoint(path)
-        accuracy, when = old.get("test_accuracy"), old.get("trained_at") or datetime.datetime.\
-            fromtimestamp(path.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+        when = old.get("trained_at") or datetime.datetime.fromtimestamp(
+            path.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+        accuracy = old.get("test_accuracy")
         figure = f"test accuracy {accuracy:.2%}" if isinstance(accuracy, float) else "untested"
         print(f"Replacing the model in {path.parent} ({figure}, trained {when}) when it saves")
 
@@ -280,11 +290,12 @@ def save_run(net, data, info, history, metrics, folder):
              write_json(history, folder / plots.HISTORY_FILE),
              write_json(metrics, folder / plots.METRICS_FILE)]
     try:
-        return paths + [model.export_onnx(net, final, folder / ONNX_FILE) or folder / ONNX_FILE]
+        model.export_onnx(net, final, folder / ONNX_FILE)
+        paths.append(folder / ONNX_FILE)
     except ImportError:
         print(f"note: onnx is not installed, so no {ONNX_FILE}: pip install -r requirements-export"
               f".txt, then python train.py --export-only --model-dir {folder}", file=sys.stderr)
-        return paths
+    return paths
 
 
 def draw(args, folder):
@@ -314,9 +325,13 @@ def locked(folder, names):
 
 
 def finish(saved, stop=None, kept=""):
-    """List the files written; after Ctrl-C or SIGTERM, say what was kept. The exit status."""
+    """List the files written; after Ctrl-C, SIGTERM or a loss that is not finite, say why the run
+    stopped and what was kept. The exit status: 0, 130 or 143, or 2 for the loss."""
     if saved:
         print("\nSaved:\n" + "\n".join(f"  {path}" for path in saved))
+    if isinstance(stop, NotFinite):
+        print(f"error: {stop}; {kept}", file=sys.stderr)
+        return 2
     if stop:
         print(f"{interrupt_name(stop)} {kept}", file=sys.stderr)
     return interrupt_status(stop) if stop else 0
@@ -334,32 +349,39 @@ def print_configuration(data, net, device, config):
     print(f"Max epochs: {config.epochs}, Early stopping patience: {config.patience}\n{RULE}")
 
 
-def train_once(args, config, device, json_path, cache_path, folder):
+def train_once(args, config, device, folder):
     """Train, restore the best weights, test and save; return the exit status."""
-    given = [f.name for f in dataclasses.fields(preprocess.SplitSettings)
-             if {"seed": "split_seed"}.get(f.name, f.name) in args.given]
+    # The split flags given on the command line, by their SplitSettings names.
+    explicit = [f.name for f in dataclasses.fields(preprocess.SplitSettings)
+                if {"seed": "split_seed"}.get(f.name, f.name) in args.given]
+
+    def save_best(net, optimizer, best):
+        model.save_checkpoint({"model_state_dict": net.state_dict(), **info, "epoch": best["epoch"],
+                               "optimizer_state_dict": optimizer.state_dict(),
+                               "val_loss": best["val_loss"], "val_accuracy": best["val_accuracy"]},
+                              folder / BEST_MODEL_FILE)
+
     try:
-        data = preprocess.load_data(json_path, cache_path, preprocess.split_settings(args),
-                                    args.reprocess, given)
+        data = preprocess.load_data(args.data, args.cache, preprocess.split_settings(args),
+                                    args.reprocess, explicit)
         net, splits = setup(data, config, device)
         describe_replaced(folder / FINAL_MODEL_FILE)
         print_configuration(data, net, device, config)
         info = card(data, config)
-        history, best, stop = fit(net, splits, config, lambda net, optimizer, best: (
-            model.save_checkpoint({"model_state_dict": net.state_dict(), **info, "epoch": best[
-                "epoch"], "optimizer_state_dict": optimizer.state_dict(), "val_loss": best[
-                "val_loss"], "val_accuracy": best["val_accuracy"]}, folder / BEST_MODEL_FILE)))
+        history, best, stop = fit(net, splits, config, on_best=save_best)
     except KeyboardInterrupt as exc:
         return finish([], exc, "before the first epoch ended: nothing was saved.")
     net.load_state_dict(best["state"])
     print(f"Restored the best weights (epoch {best['epoch']}, val_loss {best['val_loss']:.4f}, "
           f"val_acc {best['val_accuracy']:.2%})")
-    metrics = {**test(net, splits, data), "epoch": best["epoch"], "interrupted": bool(stop),
+    metrics = {**test(net, splits, data), "epoch": best["epoch"], "interrupted": isinstance(stop, KeyboardInterrupt),
                "early_stopped": not stop and len(history["loss"]) < config.epochs}
     print_test_results(metrics)
     saved = save_run(net, data, info, history, metrics, folder) + draw(args, folder)
-    return finish(saved, stop, f"in epoch {len(history['loss']) + 1}: the best model (epoch "
-                               f"{best['epoch']}) was tested and saved.")
+    kept = f"the best model (epoch {best['epoch']}) was tested and saved."
+    if not isinstance(stop, NotFinite):  # which epoch Ctrl-C or SIGTERM stopped
+        kept = f"in epoch {len(history['loss']) + 1}: {kept}"
+    return finish(saved, stop, kept)
 
 
 def fold_tests(dataset, folds, seed):
@@ -373,18 +395,17 @@ def fold_tests(dataset, folds, seed):
         raise DataError(f"--folds {folds}: {dataset.mapping[int(np.argmin(sizes))]!r} has only "
                         f"{min(sizes)} {'segments' if dataset.tracks is None else 'tracks'}: pass "
                         f"--folds {min(sizes)} or fewer")
-    if dataset.tracks is None:
-        return [test for _, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)]
-    kfold = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-    return [test for _, test in kfold.split(y, y, units)]
+    splitter = StratifiedKFold if dataset.tracks is None else StratifiedGroupKFold
+    kfold = splitter(folds, shuffle=True, random_state=seed)
+    return [test_rows for _, test_rows in kfold.split(y, y, groups=dataset.tracks)]
 
 
 def run_fold(dataset, kind, test_rows, settings, config, device):
     """Train on the other folds (less --val-split of all data), test on this one."""
     rest = np.setdiff1d(np.arange(len(dataset.y)), test_rows)
-    rows = (*preprocess.split_train_val(dataset, kind, rest, settings.val_split, settings.seed),
-            test_rows)
-    data = preprocess.prepare(dataset, kind, rows, settings)
+    train_rows, val_rows = preprocess.split_train_val(dataset, kind, rest, settings.val_split,
+                                                      settings.seed)
+    data = preprocess.prepare(dataset, kind, (train_rows, val_rows, test_rows), settings)
     net, splits = setup(data, config, device)
     _, best, stop = fit(net, splits, config, log=lambda text: None)
     if stop:
@@ -405,16 +426,17 @@ def summarize_cv(args, settings, kind, runs, tested, mapping):
         return {"mean": float(np.mean(values)),
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
 
-    def pooled(level):
-        return scores(None, None, mapping, sum(np.array(level(m)["confusion_matrix"])
-                                               for m in tested))
+    def pooled(matrices):
+        return scores(None, None, mapping, sum(np.array(matrix) for matrix in matrices))
 
+    segments, by_track = pooled(m["confusion_matrix"] for m in tested), kind == "track"
     summary = {"folds": args.folds, "split_by": kind, "seed": args.seed,
                "split_seed": settings.seed, "incomplete": len(runs) < args.folds, "runs": runs,
                "accuracy": spread("accuracy"),
-               "track_accuracy": spread("track_accuracy") if kind == "track" else None,
-               **{key: pooled(lambda m: m)[key] for key in ("per_genre", "confusion_matrix")},
-               "track_level": pooled(lambda m: m["track_level"]) if kind == "track" else None}
+               "track_accuracy": spread("track_accuracy") if by_track else None,
+               "per_genre": segments["per_genre"], "confusion_matrix": segments["confusion_matrix"],
+               "track_level": pooled(m["track_level"]["confusion_matrix"] for m in tested)
+               if by_track else None}
     print(f"\nCross-validation, {len(runs)} of {args.folds} folds by {kind} (mean ± sample "
           f"standard deviation over the folds):")
     for unit, figure in (("segment", summary["accuracy"]), ("track", summary["track_accuracy"])):
@@ -429,11 +451,11 @@ def summarize_cv(args, settings, kind, runs, tested, mapping):
     return summary
 
 
-def cross_validate(args, config, device, json_path, folder):
+def cross_validate(args, config, device, folder):
     """Train and test one model per fold; write cv_metrics.json; return the exit status."""
     settings, runs, tested, stop = preprocess.split_settings(args), [], [], None
     try:
-        dataset = preprocess.load_dataset(json_path)
+        dataset = preprocess.load_dataset(args.data)
         kind = "segment" if dataset.tracks is None else "track"
         tests = fold_tests(dataset, args.folds, settings.seed)
         print(f"\nCross-validation: {args.folds} folds by {kind} (--split-seed {settings.seed}), "
@@ -463,7 +485,7 @@ def build_parser():
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter, description=(
         "Train the CNN music-genre classifier on MFCC segments and test it per genre."))
     add = parser.add_argument
-    add("--data", default=preprocess.JSON_PATH, help="input data.json (from extract.py)")
+    add("--data", default=preprocess.JSON_PATH, help="input: the segments extract.py wrote")
     add("--cache", default=preprocess.PREPROCESSED_DATA_PATH, help="preprocessed cache of --data")
     add("--reprocess", action="store_true", help="rebuild the cache first")
     add("--model-dir", default=MODEL_SAVE_PATH, help="where models, metrics and pictures go")
@@ -481,7 +503,7 @@ def build_parser():
              f"(precise), running averages, or auto: precise below {BN_STATS_MIN_BATCHES} "
              f"batches an epoch")
     preprocess.add_split_arguments(parser)
-    add("--folds", type=at_least(int, 2), default=FOLDS,
+    add("--folds", type=at_least(int, 2), default=FOLDS, metavar="K",
         help=f"K-fold cross-validation instead: K models, each tested on one fold (by track, "
              f"stratified by genre), reported as mean ± std in {plots.CV_METRICS_FILE}; reads "
              f"--data itself, so it writes no checkpoints and leaves the --cache file alone")
@@ -502,10 +524,15 @@ def parse_args(argv=None):
             if getattr(args, flag[2:].replace("-", "_"))]
     clash = [f"--{key.replace('_', '-')}" for key in CV_CONFLICTS if key in args.given]
     if len(jobs) > 1 or (args.folds and clash):
+        why = " (--folds splits --data itself, without the cache)" if args.folds else ""
         raise DataError(f"{' and '.join(jobs[:1] + (jobs[1:] or clash))} do not go together: "
-                        f"drop one (--folds splits --data itself, without the cache)")
-    if args.demo and args.given & {"data", "cache", "model_dir"}:
-        raise DataError("--demo uses its own files in demo/: drop --data, --cache and --model-dir")
+                        f"drop one{why}")
+    if args.demo:
+        if args.given & {"data", "cache", "model_dir"}:
+            raise DataError("--demo uses its own files in demo/: drop --data, --cache and "
+                            "--model-dir")
+        args.data, args.cache = preprocess.DEMO_JSON_PATH, preprocess.DEMO_CACHE_PATH
+        args.model_dir = os.path.join(preprocess.DEMO_DIR, MODEL_SAVE_PATH)
     return args
 
 
@@ -518,42 +545,47 @@ def only(args, folder):
             if args.export_only:
                 net, checkpoint = model.load_model(input_file(
                     folder / FINAL_MODEL_FILE, "--model-dir", "train a model there first"))
-                return finish([model.export_onnx(net, checkpoint, folder / ONNX_FILE) or
-                               folder / ONNX_FILE])
-            cv = (folder / plots.CV_METRICS_FILE).exists()
-            return finish((plots.draw_cv(folder) if cv else []) + ([] if cv and not (
-                folder / plots.METRICS_FILE).exists() else plots.draw_run(folder)))
+                model.export_onnx(net, checkpoint, folder / ONNX_FILE)
+                return finish([folder / ONNX_FILE])
+            saved, cv = [], (folder / plots.CV_METRICS_FILE).exists()
+            if cv:
+                saved += plots.draw_cv(folder)
+            if not cv or (folder / plots.METRICS_FILE).exists():  # a folder may hold both
+                saved += plots.draw_run(folder)
+            return finish(saved)
         except ImportError as exc:
             raise DataError(f"{exc.name} is not installed: pip install " + (
                 "-r requirements-export.txt" if args.export_only else "matplotlib")) from None
+
+
+def pick_device(name):
+    """The torch device that --device names; DataError when this machine has no such device."""
+    device = name.replace("auto", "cuda" if torch.cuda.is_available() else "cpu")
+    cuda = re.fullmatch(r"cuda(:\d+)?", device)
+    if device != "cpu" and not (cuda and int(device[5:] or 0) < torch.cuda.device_count()):
+        raise DataError(f"--device {name}: not cpu, nor one of the {torch.cuda.device_count()} "
+                        f"CUDA devices here: use cpu or auto")
+    return torch.device(device)
 
 
 def main(argv=None) -> int:
     """Train (or cross-validate, redraw, export); exit status 2 on bad input, 130/143 if stopped."""
     try:
         args = parse_args(argv)
-        json_path, cache_path, folder = args.data, args.cache, Path(args.model_dir)
-        if args.demo:
-            (json_path, cache_path), folder = preprocess.demo_paths(), Path(
-                preprocess.DEMO_DIR, MODEL_SAVE_PATH)
+        folder = Path(args.model_dir)
         if args.plots_only or args.export_only:
             return only(args, folder)
-        device = args.device.replace("auto", "cuda" if torch.cuda.is_available() else "cpu")
-        cuda = re.fullmatch(r"cuda(:\d+)?", device)
-        if device != "cpu" and not (cuda and int(device[5:] or 0) < torch.cuda.device_count()):
-            raise DataError(f"--device {args.device}: not cpu, nor one of the "
-                            f"{torch.cuda.device_count()} CUDA devices here: use cpu or auto")
-        device = torch.device(device)
+        device = pick_device(args.device)
         print("=" * 60 + "\nPyTorch Training Pipeline for Music Genre Classification\n" + "=" * 60)
         print(f"✓ GPU detected: {torch.cuda.get_device_name(device)}" if device.type == "cuda"
               else "⚠ GPU not available, using CPU")
         if args.demo:
-            preprocess.ensure_demo_data(json_path)
+            preprocess.ensure_demo_data(args.data)
         config = TrainConfig(**{key: getattr(args, key) for key in TrainConfig.__annotations__})
         with locked(folder, CV_FILES if args.folds else RUN_FILES):
             if args.folds:
-                return cross_validate(args, config, device, json_path, folder)
-            return train_once(args, config, device, json_path, cache_path, folder)
+                return cross_validate(args, config, device, folder)
+            return train_once(args, config, device, folder)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -225,6 +225,27 @@ def test_a_nan_loss_stops_the_run_and_saves_nothing(run, tmp_path, capsys):
     assert not (tmp_path / "nan").exists()  # created by the run, left empty, removed
 
 
+def test_a_loss_that_turns_nan_keeps_the_best_model_before_it(run, tmp_path, capsys,
+                                                               monkeypatch):
+    folder, _ = run
+    real_epoch, calls = train.train_one_epoch, []
+
+    def nan_in_epoch_3(*args):
+        calls.append(1)
+        loss, accuracy = real_epoch(*args)
+        return (float("nan") if len(calls) == 3 else loss), accuracy
+
+    monkeypatch.setattr(train, "train_one_epoch", nan_in_epoch_3)
+    assert train.main(paths(folder, tmp_path / "m") + RUN_ARGS) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "epoch 3" in err and "tested and saved" in err
+    history = read(tmp_path / "m" / plots.HISTORY_FILE)
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    final = load(tmp_path / "m" / train.FINAL_MODEL_FILE)
+    assert final["epoch"] == int(np.argmin(history["val_loss"])) + 1
+    assert np.isfinite(final["test_loss"])
+
+
 def test_an_interrupt_before_the_first_epoch_saves_nothing(run, tmp_path, capsys, monkeypatch):
     folder, _ = run
 
