@@ -194,6 +194,7 @@ class Console:
 
     def __init__(self, stream):
         self._stream = stream
+        self.lost = None  # the error that made it drop its output
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -212,6 +213,7 @@ class Console:
             self._drop()
 
     def _drop(self):
+        self.lost = self.lost or sys.exc_info()[1]
         # Point the descriptor at the null device, as Python's documentation advises for a closed
         # pipe: what is still buffered, and the flush at exit, then go nowhere without an error.
         with contextlib.suppress(OSError, ValueError):
@@ -227,20 +229,30 @@ def run_main(main):
 
     SIGTERM is raised as Terminated, a KeyboardInterrupt, so each script's Ctrl-C handling covers
     it; what main() leaves unhandled is one line, exit status 130 (Ctrl-C) or 143 (SIGTERM).
+    Output that could not be written (a full disk, not a reader that left) makes the status 2.
     File names that are not UTF-8 are printed with escapes instead of failing.
     """
     signal.signal(signal.SIGTERM, _raise_terminated)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
-    sys.stdout = Console(sys.stdout)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Console(sys.stdout), Console(sys.stderr)
     try:
         status = main()
         sys.stdout.flush()
-        return status
     except KeyboardInterrupt as exc:
         print(f"\n{interrupt_name(exc)}.", file=sys.stderr)
         return interrupt_status(exc)
+    finally:
+        lost = sys.stdout.lost
+        sys.stdout, sys.stderr = streams
+    if status == 0 and lost is not None and lost.errno != errno.EPIPE:
+        # A reader that stopped early (`| head`) chose to; a full disk lost what it had to keep.
+        print(f"error: the output could not be written ({lost.strerror}): it is incomplete",
+              file=sys.stderr)
+        return 2
+    return status
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -252,8 +264,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def at_least(kind, minimum, strict=False):
-    """argparse type: a kind (int or float) of at least minimum (above it when strict)."""
+def at_least(kind, minimum, strict=False, maximum=None):
+    """argparse type: a kind (int or float) of at least minimum (above it when strict), and at
+    most maximum if given."""
     def parse(text):
         try:
             value = kind(text)
@@ -264,6 +277,8 @@ def at_least(kind, minimum, strict=False):
         if value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(
                 f"{text} must be {'above' if strict else 'at least'} {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text} must be at most {maximum}")
         return value
     return parse
 

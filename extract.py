@@ -33,7 +33,8 @@ JSON_PATH = "data.json"  # the output: preprocess.py's input
 # Processes analysing files at once: the cores this process may run on.
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 MARGIN_SECONDS = 1.0  # read past the track's end: the resampler's edge effect falls outside it
-OUR_JSON = re.compile(rb'\s*\{\s*"(mapping|labels|mfcc|tracks|features)"')  # our data.json
+# A data.json as extract.py (or the tutorial) writes it: "mapping", a list of names, then our key.
+OUR_JSON = re.compile(rb'\s*\{\s*"mapping"\s*:\s*\[[^\]]*\]\s*,\s*"(labels|mfcc|features|tracks)"')
 SHOWN_IGNORED = 5  # ignored files the summary names
 DEMO_DIR = Path("demo")  # --demo: audio/ (synthesized genre folders) and audio.json go here
 DEMO_TRACKS = 10  # --demo tracks per genre: the fewest that give every genre a test track

@@ -14,6 +14,7 @@ Usage:
 librosa and soundfile are imported only where audio is read or analysed.
 """
 import os
+import warnings
 from typing import Optional, Union
 
 import msgspec
@@ -177,6 +178,8 @@ def load_audio(path, features, max_seconds=None):
                                      dtype=np.float32)
     except soundfile.LibsndfileError as exc:
         raise DataError(f"{path}: not readable audio ({first_line(exc.error_string)})") from None
+    except librosa.util.exceptions.ParameterError as exc:  # e.g. samples that are not finite
+        raise DataError(f"{path}: not usable audio ({first_line(exc)})") from None
     except (RuntimeError, ValueError, TypeError, EOFError) as exc:
         raise DataError(f"{path}: not readable audio ({first_line(exc) or type(exc).__name__})"
                         ) from None
@@ -259,9 +262,12 @@ def warm_up(features):
     """Analyse one silent segment: loads librosa's lazy parts once, before workers start, and
     says in one line, in librosa's words, when it refuses the recipe."""
     try:
-        import soundfile  # noqa: F401 - needed by load_audio; missing, it is said here, once
+        import librosa  # noqa: F401 - both needed by load_audio; missing, it is said here, once
+        import soundfile  # noqa: F401
 
-        mfccs = segment_mfccs(np.zeros(features["segment_samples"], dtype=np.float32), features)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # librosa warns of settings that misfit
+            mfccs = segment_mfccs(np.zeros(features["segment_samples"], np.float32), features)
     except ImportError as exc:
         raise DataError(f"the audio libraries are not installed ({exc.name} is missing): "
                         f"pip install -r requirements-audio.txt") from None

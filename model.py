@@ -19,6 +19,7 @@ Usage:
 import io
 import json
 import platform
+import warnings
 
 import numpy as np
 import torch
@@ -115,13 +116,16 @@ def read_checkpoint(path, device="cpu"):
     """The checkpoint dict of a model file, checked; DataError for anything train.py did not write."""
     not_ours = f"{path} is not a genre model saved by train.py"
     try:
-        checkpoint = torch.load(path, weights_only=True, map_location=device)
+        with warnings.catch_warnings():  # torch warns about old pickles before refusing them
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, weights_only=True, map_location=device)
     except OSError as exc:
         raise DataError(f"{path} cannot be read ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 - zipfile, pickle and torch each raise their own
-        # The safe unpickler refuses code and classes; say so, as users ask whether it ran.
+        # The safe unpickler refuses code and classes (it names the GLOBAL it would have had to
+        # import); say so, as users ask whether it ran.
         why = ("it holds Python objects that a safe load refuses, so it was not loaded"
-               if "weights_only" in str(exc) else "not a PyTorch checkpoint, or a damaged one")
+               if "GLOBAL" in str(exc) else "not a PyTorch checkpoint, or a damaged one")
         raise DataError(f"{not_ours} ({why}): pass one with --model") from None
     if not isinstance(checkpoint, dict) or not REQUIRED.keys() <= checkpoint.keys():
         raise DataError(f"{not_ours} (it lacks the model's entries): pass one with --model")
@@ -136,12 +140,12 @@ def read_checkpoint(path, device="cpu"):
 
 def build_model(checkpoint, device="cpu"):
     """The GenreClassifier a checkpoint describes, with its weights, in evaluation mode."""
-    net = GenreClassifier(checkpoint["num_channels"], checkpoint["height"], checkpoint["width"],
-                          checkpoint["num_classes"])
     try:
+        net = GenreClassifier(checkpoint["num_channels"], checkpoint["height"],
+                              checkpoint["width"], checkpoint["num_classes"])
         net.load_state_dict(checkpoint["model_state_dict"])
-    except (RuntimeError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
+    except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"its weights do not fit the model it describes ({first}): train it "
                         f"again") from None
     # Channels-last, the layout of training, so that the convolutions compute what was tested.

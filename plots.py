@@ -56,8 +56,10 @@ def curve_data(history, metrics):
     if epochs == 0 or {len(v) for v in series.values()} != {epochs} or not 1 <= best <= epochs:
         raise ValueError(f"{HISTORY_FILE} and {METRICS_FILE} do not belong to one run")
     stop = ("interrupted" if metrics.get("interrupted") else
+            "loss not finite" if metrics.get("loss_not_finite") else
             "early stopping" if metrics.get("early_stopped") else "all epochs")
-    ending = {"interrupted": f"interrupted after epoch {epochs}", "all epochs": f"ran all "
+    ending = {"interrupted": f"interrupted after epoch {epochs}", "loss not finite": f"stopped "
+              f"after epoch {epochs}: the next epoch's loss was not finite", "all epochs": f"ran all "
               f"{epochs} epochs", "early stopping": f"early stopping after epoch {epochs} "
               f"({epochs - best} epochs without a better validation loss)"}[stop]
     test = 100 * float(metrics["accuracy"])

@@ -30,8 +30,8 @@ TOP_GENRES = 3  # genres listed per file, by votes then mean probability
 MAX_DURATION = 600  # seconds analysed per song: memory stays bounded whatever its length
 WORKERS = extract.WORKERS  # processes that decode and analyse files in parallel
 ONNX_CARD_KEY = "genre_classifier"  # model.ONNX_CARD_KEY, repeated: model.py imports torch
-TRAIN_HINT = ("train one with `python train.py`, or `python train.py --demo` and then "
-              "`--model demo/saved_models/final_model_pytorch.pt`")
+TRAIN_HINT = ("train one with `python train.py` (no music at hand? the README's demo makes "
+              "some with `python extract.py --demo`)")
 PROTOCOLS = {"segment": " (split by segment, so optimistic)", "track": " (split by track)",
              "filtered": " (fault-filtered track split)"}  # how the test accuracy was measured
 FIGURES = {"test_accuracy": "segments", "track_test_accuracy": "tracks"}  # the card's test results
@@ -173,7 +173,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N (.pt only)")
     parser.add_argument("--workers", type=at_least(int, 1), default=WORKERS,
                         help="processes analysing files in parallel")
-    parser.add_argument("--max-duration", type=at_least(float, 0, strict=True),
+    parser.add_argument("--max-duration", type=at_least(float, 0, True, maximum=24 * 3600),
                         default=MAX_DURATION, help="seconds analysed from the start of each song")
     parser.add_argument("--json", action="store_true", help="print one JSON object, not text")
     return parser.parse_args(argv)

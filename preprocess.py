@@ -250,7 +250,7 @@ def filtered_rows(dataset):
     odd = [track for track in dataset.tracks if not GTZAN_ID.fullmatch(track)]
     if odd:
         raise DataError(f"--split-by filtered needs GTZAN track ids such as blues.00012, not "
-                        f"{odd[0]!r}: use --split-by track")
+                        f"{str(odd[0])!r}: use --split-by track")
     lists = json.loads(path.read_text(encoding="utf-8"))
     parts = [np.flatnonzero(np.isin(dataset.tracks, lists[name])) for name in SPLIT_NAMES]
     out = np.setdiff1d(np.arange(len(dataset.y)), np.concatenate(parts))

@@ -84,8 +84,9 @@ def is_ours(path):
     path = Path(path)
     if path.suffix == ".json":
         obj, keys = json.loads(path.read_text(encoding="utf-8")), JSON_KEYS[path.name]
-        if keys is None:  # the genre list
-            return isinstance(obj, list) and all(isinstance(genre, str) for genre in obj)
+        if keys is None:  # the genre list: ours only beside a model of ours with those genres
+            final = path.with_name(FINAL_MODEL_FILE)
+            return final.is_file() and obj == model.read_checkpoint(final)["mapping"]
         return isinstance(obj, dict) and set(keys) <= obj.keys()
     if path.suffix == ".onnx" and not importlib.util.find_spec("onnx"):
         return True  # without onnx nothing is exported, so the file is not replaced
@@ -375,6 +376,7 @@ def train_once(args, config, device, folder):
     print(f"Restored the best weights (epoch {best['epoch']}, val_loss {best['val_loss']:.4f}, "
           f"val_acc {best['val_accuracy']:.2%})")
     metrics = {**test(net, splits, data), "epoch": best["epoch"], "interrupted": isinstance(stop, KeyboardInterrupt),
+               "loss_not_finite": isinstance(stop, NotFinite),
                "early_stopped": not stop and len(history["loss"]) < config.epochs}
     print_test_results(metrics)
     saved = save_run(net, data, info, history, metrics, folder) + draw(args, folder)
@@ -492,11 +494,11 @@ def build_parser():
     add("--epochs", type=at_least(int, 1), default=EPOCHS, help="maximum epochs")
     add("--batch-size", type=at_least(int, 2), default=BATCH_SIZE, help="training batch size")
     add("--lr", type=at_least(float, 0, strict=True), default=LEARNING_RATE, help="learning rate")
-    add("--weight-decay", type=at_least(float, 0), default=WEIGHT_DECAY, help="L2 weight decay")
+    add("--weight-decay", type=at_least(float, 0, maximum=1), default=WEIGHT_DECAY, help="L2 weight decay")
     add("--grad-clip", type=at_least(float, 0, True), default=GRADIENT_CLIP, help="max grad norm")
     add("--patience", type=at_least(int, 1), default=EARLY_STOPPING_PATIENCE,
         help="epochs without a better validation loss before stopping")
-    add("--seed", type=at_least(int, 0), default=SEED, help="seed of weights, dropout, shuffling")
+    add("--seed", type=at_least(int, 0, maximum=2**32 - 1), default=SEED, help="seed of weights, dropout, shuffling")
     add("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     add("--bn-stats", choices=("auto", "precise", "running"), default=BN_STATS,
         help=f"batch-norm statistics to validate with: recomputed over the training split "

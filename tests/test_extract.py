@@ -72,7 +72,7 @@ def mixed(tmp_path_factory):
 
 
 def test_summary_names_every_file_not_extracted(mixed, tmp_path, capsys):
-    (tmp_path / "data.json").write_text('{"mapping": ["old"]}')  # ours: replaced
+    (tmp_path / "data.json").write_text('{"mapping": ["old"], "labels": []}')  # ours: replaced
     assert run(mixed, tmp_path / "data.json") == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
@@ -171,7 +171,7 @@ def test_a_recipe_librosa_cannot_follow_is_one_line(flags, words, tmp_path, caps
 @pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), (Terminated, 143)])
 def test_an_interrupted_run_keeps_the_old_data_json(stop, status, tmp_path, monkeypatch, capsys):
     root = genres(tmp_path / "in", a=["x.wav", "y.wav"], b=["z.wav"])
-    (tmp_path / "data.json").write_text('{"mapping": ["old"]}')
+    (tmp_path / "data.json").write_text('{"mapping": ["old"], "labels": []}')
     analyse, calls = features.analyse_file, []
 
     def stop_at_the_second_file(*args):
@@ -183,7 +183,7 @@ def test_an_interrupted_run_keeps_the_old_data_json(stop, status, tmp_path, monk
     monkeypatch.setattr(features, "analyse_file", stop_at_the_second_file)
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # run_main's SIGTERM handler
     assert run_main(lambda: run(root, tmp_path / "data.json")) == status
-    assert (tmp_path / "data.json").read_text() == '{"mapping": ["old"]}'
+    assert (tmp_path / "data.json").read_text() == '{"mapping": ["old"], "labels": []}'
     assert no_temp_files(tmp_path) and len(calls) == 2
 
 

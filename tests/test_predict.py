@@ -261,7 +261,7 @@ def bad_models(tmp_path, models):
         ("ninety.pt", lambda p: save(p, test_accuracy="ninety"), "$.test_accuracy"),
         ("genres.pt", lambda p: save(p, mapping=["a", "b"]), "2 genres for 3 outputs"),
         ("recipe.pt", lambda p: save(p, features={**RECIPE, "n_mfcc": 13}), "recipe makes 1x63x13"),
-        ("missing.pt", lambda p: None, "python train.py --demo"),
+        ("missing.pt", lambda p: None, "python train.py"),
         ("folder", lambda p: p.mkdir(), "python train.py"),
         ("fifo.pt", os.mkfifo, "python train.py"),
     ]
