@@ -149,7 +149,8 @@ def parse_args(argv=None):
     source.add_argument("--model", default=predict.MODEL_PATH, help="checkpoint or .onnx export")
     source.add_argument("--demo", action="store_true", help="the demo model (trained if missing)")
     parser.add_argument("--host", default=HOST, help="address to serve the page on")
-    parser.add_argument("--port", type=at_least(int, 1, maximum=65535), default=PORT, help="port of the page")
+    parser.add_argument("--port", type=at_least(int, 1, maximum=65535), default=PORT,
+                        help="port of the page")
     return parser.parse_args(argv)
 
 

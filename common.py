@@ -1,4 +1,4 @@
-"""What every step of the pipeline shares: one-line errors, safe file writes, the command-line runner.
+"""What every step of the pipeline shares: one-line errors, safe file writes, the command line.
 
 Nothing here imports torch or librosa, so any script can use it and stay light.
 - DataError: bad input; the scripts print its one line and exit with status 2.

@@ -113,7 +113,7 @@ def save_checkpoint(payload, path, flag="--model-dir"):
 
 
 def read_checkpoint(path, device="cpu"):
-    """The checkpoint dict of a model file, checked; DataError for anything train.py did not write."""
+    """The checkpoint dict of a model file, checked; DataError for a file train.py did not write."""
     not_ours = f"{path} is not a genre model saved by train.py"
     try:
         with warnings.catch_warnings():  # torch warns about old pickles before refusing them

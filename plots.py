@@ -59,7 +59,8 @@ def curve_data(history, metrics):
             "loss not finite" if metrics.get("loss_not_finite") else
             "early stopping" if metrics.get("early_stopped") else "all epochs")
     ending = {"interrupted": f"interrupted after epoch {epochs}", "loss not finite": f"stopped "
-              f"after epoch {epochs}: the next epoch's loss was not finite", "all epochs": f"ran all "
+              f"after epoch {epochs}: the next epoch's loss was not finite",
+              "all epochs": f"ran all "
               f"{epochs} epochs", "early stopping": f"early stopping after epoch {epochs} "
               f"({epochs - best} epochs without a better validation loss)"}[stop]
     test = 100 * float(metrics["accuracy"])

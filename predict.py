@@ -86,7 +86,6 @@ def open_checkpoint(path, device):
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:  # an unknown device, or one absent here
         raise DataError(f"--device {device}: {features.first_line(exc)}: use auto or cpu") from None
-    torch.set_num_threads(1)  # as with ONNX: idle OpenMP threads would spin against the analysis
     net, checkpoint = model.load_model(path, device)
     deployed = model.Deployed(net, checkpoint["norm_min"], checkpoint["norm_max"]).to(device)
     run = torch.no_grad()(lambda x: deployed(torch.from_numpy(x).to(device)).cpu().numpy())
@@ -131,7 +130,8 @@ def classify(clf, mfccs):
     label, votes, means = vote(probabilities)
     # Ranked as the vote decides: votes first, then mean probability, so the winner comes first.
     ranked = sorted(range(len(clf.mapping)), key=lambda g: (votes[g], means[g]), reverse=True)
-    top = [{"genre": clf.mapping[g], "votes": int(votes[g]), "vote_share": float(votes[g] / len(mfccs)),
+    top = [{"genre": clf.mapping[g], "votes": int(votes[g]),
+            "vote_share": float(votes[g] / len(mfccs)),
             "mean_probability": float(means[g])} for g in ranked[:TOP_GENRES]]
     return {"genre": clf.mapping[label], "segments": len(mfccs), "top": top,
             "segment_genres": [clf.mapping[g] for g in probabilities.argmax(axis=1)]}
@@ -192,6 +192,10 @@ def run(args):
     """Load the model, predict every input; return the exit status (2 when any file failed)."""
     started = time.perf_counter()
     clf = load_classifier(args.model, args.device)
+    if clf.backend == "torch":  # as with ONNX: idle OpenMP threads would spin against the analysis
+        import torch  # loaded already, by the checkpoint's backend
+
+        torch.set_num_threads(1)  # here, not in load_classifier: a notebook keeps its threads
     print(describe_classifier(clf), file=sys.stderr if args.json else sys.stdout, flush=True)
     seconds = clf.features["segment_samples"] / clf.features["sample_rate"]  # of a segment
     files, ignored, results, failed = [], 0, [], []

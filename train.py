@@ -150,9 +150,9 @@ def run_epoch(net, optimizer, splits, config, generator, epoch):
             update_bn(x.tensor_split(max(1, len(x) // config.batch_size)), net)
     figures += evaluate(net, *splits["val"])[:2]
     if not np.isfinite(figures).all():
-        raise NotFinite(f"the loss became {figures[0]} in epoch {epoch}, so training stopped there: "
-                        f"--lr {config.lr:g} is likely too high, or the features too large (check "
-                        f"the MFCCs of --data)")
+        raise NotFinite(f"the loss became {figures[0]} in epoch {epoch}, so training stopped "
+                        f"there: --lr {config.lr:g} is likely too high, or the features too large "
+                        f"(check the MFCCs of --data)")
     return figures
 
 
@@ -375,7 +375,8 @@ def train_once(args, config, device, folder):
     net.load_state_dict(best["state"])
     print(f"Restored the best weights (epoch {best['epoch']}, val_loss {best['val_loss']:.4f}, "
           f"val_acc {best['val_accuracy']:.2%})")
-    metrics = {**test(net, splits, data), "epoch": best["epoch"], "interrupted": isinstance(stop, KeyboardInterrupt),
+    metrics = {**test(net, splits, data), "epoch": best["epoch"],
+               "interrupted": isinstance(stop, KeyboardInterrupt),
                "loss_not_finite": isinstance(stop, NotFinite),
                "early_stopped": not stop and len(history["loss"]) < config.epochs}
     print_test_results(metrics)
@@ -494,11 +495,13 @@ def build_parser():
     add("--epochs", type=at_least(int, 1), default=EPOCHS, help="maximum epochs")
     add("--batch-size", type=at_least(int, 2), default=BATCH_SIZE, help="training batch size")
     add("--lr", type=at_least(float, 0, strict=True), default=LEARNING_RATE, help="learning rate")
-    add("--weight-decay", type=at_least(float, 0, maximum=1), default=WEIGHT_DECAY, help="L2 weight decay")
+    add("--weight-decay", type=at_least(float, 0, maximum=1), default=WEIGHT_DECAY,
+        help="L2 weight decay")
     add("--grad-clip", type=at_least(float, 0, True), default=GRADIENT_CLIP, help="max grad norm")
     add("--patience", type=at_least(int, 1), default=EARLY_STOPPING_PATIENCE,
         help="epochs without a better validation loss before stopping")
-    add("--seed", type=at_least(int, 0, maximum=2**32 - 1), default=SEED, help="seed of weights, dropout, shuffling")
+    add("--seed", type=at_least(int, 0, maximum=2**32 - 1), default=SEED,
+        help="seed of weights, dropout, shuffling")
     add("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     add("--bn-stats", choices=("auto", "precise", "running"), default=BN_STATS,
         help=f"batch-norm statistics to validate with: recomputed over the training split "
