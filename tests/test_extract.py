@@ -95,7 +95,8 @@ def test_output_is_the_same_bytes_for_any_worker_count(mixed, tmp_path):
     assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
 
 
-@pytest.mark.parametrize("content", [b"[1, 2, 3]", b'{"model": "mine"}', b"PK\x03\x04zip"])
+@pytest.mark.parametrize("content", [b"[1, 2, 3]", b'{"model": "mine"}', b"PK\x03\x04zip",
+                                     b'{"labels": {"cat": 0}}', b'{"features": [], "type": "x"}'])
 def test_a_file_that_is_not_our_data_json_is_kept(content, tmp_path, capsys):
     genres(tmp_path / "in", a=["x.wav"], b=["y.wav"])
     (tmp_path / "data.json").write_bytes(content)
