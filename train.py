@@ -380,7 +380,10 @@ def train_once(args, config, device, folder):
                "loss_not_finite": isinstance(stop, NotFinite),
                "early_stopped": not stop and len(history["loss"]) < config.epochs}
     print_test_results(metrics)
-    saved = save_run(net, data, info, history, metrics, folder) + draw(args, folder)
+    try:
+        saved = save_run(net, data, info, history, metrics, folder) + draw(args, folder)
+    except KeyboardInterrupt as exc:  # each file is whole, but the set may mix two runs
+        return finish([], exc, f"while saving: {folder} may hold files of two runs; train again")
     kept = f"the best model (epoch {best['epoch']}) was tested and saved."
     if not isinstance(stop, NotFinite):  # which epoch Ctrl-C or SIGTERM stopped
         kept = f"in epoch {len(history['loss']) + 1}: {kept}"

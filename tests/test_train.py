@@ -159,6 +159,11 @@ def test_onnx_gives_the_torch_probabilities(run):
     (got,) = session.run(None, {session.get_inputs()[0].name: raw})
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
+    # The card read back from the file's metadata is the checkpoint's.
+    card = json.loads(session.get_modelmeta().custom_metadata_map[model.ONNX_CARD_KEY])
+    for key in ("mapping", "features", "norm_min", "norm_max", "num_channels", "height", "width",
+                "test_accuracy", "versions", "trained_at"):
+        assert card[key] == checkpoint[key], key
 
 
 def test_export_only_writes_what_training_wrote(run, tmp_path, capsys):
