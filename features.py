@@ -177,7 +177,10 @@ def load_audio(path, features, max_seconds=None):
                                      duration=max_seconds, res_type=features["res_type"],
                                      dtype=np.float32)
     except soundfile.LibsndfileError as exc:
-        raise DataError(f"{path}: not readable audio ({first_line(exc.error_string)})") from None
+        reason = first_line(exc.error_string)
+        if "possibly a pipe" in reason:  # libsndfile's words for an MP3 it cannot parse
+            reason = "its content is not in an audio format libsndfile decodes"
+        raise DataError(f"{path}: not readable audio ({reason})") from None
     except librosa.util.exceptions.ParameterError as exc:  # e.g. samples that are not finite
         raise DataError(f"{path}: not usable audio ({first_line(exc)})") from None
     except (RuntimeError, ValueError, TypeError, EOFError) as exc:
