@@ -36,7 +36,7 @@ MARGIN_SECONDS = 1.0  # read past the track's end: the resampler's edge effect f
 # A data.json as extract.py (or the tutorial) writes it: "mapping", a list of names, then our key.
 OUR_JSON = re.compile(rb'\s*\{\s*"mapping"\s*:\s*\[[^\]]*\]\s*,\s*"(labels|mfcc|features|tracks)"')
 SHOWN_IGNORED = 5  # ignored files the summary names
-DEMO_DIR = Path("demo")  # --demo: audio/ (synthesized genre folders) and audio.json go here
+DEMO_DIR = Path("demo")  # every --demo's files: here audio/ (genre folders) and audio.json
 DEMO_TRACKS = 10  # --demo tracks per genre: the fewest that give every genre a test track
 DEMO_GENRES = "blues classical country disco hiphop jazz metal pop reggae rock".split()
 # The recipe's flags: features.py's constants of the same names, in make_features' order.

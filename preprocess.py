@@ -23,6 +23,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+import extract
 import features as recipes
 from common import (DataError, HelpFormatter, at_least, atomic_write, check_replaceable,
                     input_file, run_main)
@@ -34,7 +35,7 @@ TEST_SPLIT = 0.1  # fraction of all data held out for the final test
 RANDOM_STATE = 42  # random_state of both train_test_split calls: same input, same split
 SPLIT_BY = "auto"  # "track" when data.json has "tracks", else "segment"
 SPLIT_CHOICES = ("auto", "segment", "track", "filtered")  # filtered: the shipped GTZAN lists
-DEMO_DIR = "demo"  # --demo keeps its generated data.json, cache and models here
+DEMO_DIR = str(extract.DEMO_DIR)  # --demo keeps its generated data.json, cache and models here
 DEMO_JSON_PATH = os.path.join(DEMO_DIR, JSON_PATH)  # --demo's generated data.json
 DEMO_CACHE_PATH = os.path.join(DEMO_DIR, PREPROCESSED_DATA_PATH)  # and its cache
 CACHE_FORMAT_VERSION = 2  # bump when the cache layout changes, so that old caches are rebuilt
@@ -42,8 +43,7 @@ MIN_PER_GENRE = 3  # fewest tracks (or segments) per genre that a 3-way stratifi
 SPLIT_NAMES = ("train", "val", "test")  # the splits, as the cache's keys name them
 FILTERED_SPLIT_FILE = "gtzan_filtered_split.json"  # Kereliuk, Sturm & Larsen's lists, shipped
 GTZAN_ID = re.compile(r"[a-z]+\.\d{5}")  # a GTZAN track id as those lists hold them: blues.00012
-DEMO_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop",
-               "reggae", "rock")  # GTZAN's genres, the demo data set's names
+DEMO_GENRES = extract.DEMO_GENRES  # GTZAN's genres: the demo data's names, as the demo audio's
 CACHE_MEMBERS = {"format_version.npy", "X_train.npy", "y_train.npy", "mapping.npy"}  # not any zip
 CACHE_KIND = "a preprocessed-data cache"  # what --cache must hold to be replaced
 DATA_HINT = "pass one with --data, make one with `python extract.py AUDIO_DIR`, or try --demo"
@@ -448,7 +448,8 @@ def add_split_arguments(parser):
                         help="fraction of all data used for validation")
     parser.add_argument("--test-split", type=fraction, default=TEST_SPLIT,
                         help="fraction of all data held out for the final test")
-    parser.add_argument("--split-seed", type=at_least(int, 0), default=RANDOM_STATE,
+    parser.add_argument("--split-seed", type=at_least(int, 0, maximum=2**32 - 1),
+                        default=RANDOM_STATE,
                         help="random_state of the split")
     parser.add_argument("--split-by", choices=SPLIT_CHOICES, default=SPLIT_BY,
                         help="auto: by track when data.json has 'tracks', so that a track stays "
@@ -461,8 +462,6 @@ def split_settings(args):
     if args.val_split + args.test_split >= 1:
         raise DataError(f"--val-split {args.val_split} plus --test-split {args.test_split} leave "
                         f"no training data: keep their sum below 1")
-    if args.split_seed >= 2**32:
-        raise DataError(f"--split-seed {args.split_seed} is too large: sklearn takes 0 .. 2**32-1")
     return SplitSettings(args.val_split, args.test_split, args.split_seed, args.split_by)
 
 

@@ -331,6 +331,9 @@ def test_split_flags_are_checked(capsys):
     assert status == 2 and "needs 'tracks'" in err
     status, _, err = run(capsys, "--val-split", "0.6", "--test-split", "0.5")
     assert status == 2 and "no training data" in err
+    with pytest.raises(SystemExit) as stop:  # sklearn's random_state takes 0 .. 2**32 - 1
+        preprocess.parse_args(["--split-seed", str(2**32)])
+    assert stop.value.code == 2 and "at most 4294967295" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
